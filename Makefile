@@ -1,0 +1,30 @@
+# `make demo`, `make test`, `make bench`: each creates .venv and installs the package first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+RUN_DIR ?= runs/demo
+
+.PHONY: demo test test-slow bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/activate pyproject.toml constraints.txt
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/ddpm train --preset demo --out $(RUN_DIR)
+
+test: $(VENV)/.installed
+	$(BIN)/ruff check src tests benchmarks train.py
+	$(BIN)/pytest -q
+
+test-slow: $(VENV)/.installed
+	$(BIN)/pytest -q -m slow
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/bench_unet.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

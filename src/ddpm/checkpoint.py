@@ -1,0 +1,91 @@
+"""Checkpoints: written atomically, loaded without running code (weights_only=True)."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import DiffusionConfig, ModelConfig, config_from_dict
+from .unet import UNet
+
+CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file cannot be used; the message names the file and why."""
+
+
+def atomic_save(obj: Any, path: Path) -> Path:
+    """torch.save to a temporary file in the same folder, fsync, then rename over path.
+
+    A crash or Ctrl-C at any moment leaves either the old file or the complete new one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    """RUN_DIR/checkpoints/step_XXXXXXXX.pt"""
+    return run_dir / "checkpoints" / f"step_{step:08d}.pt"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoints, oldest first."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with weights_only=True: tensors and plain Python values only, never code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {path} does not exist.")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated, corrupt, or holding pickled code
+        raise CheckpointError(f"Checkpoint {path} cannot be loaded safely ({type(err).__name__}: {str(err)[:300]}).") from None
+    missing = [k for k in ("model_config", "diffusion_config", "ema", "step") if k not in state]
+    if missing:
+        raise CheckpointError(f"Checkpoint {path} lacks {missing}; it was not written by ddpm.")
+    return state
+
+
+def model_from_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[UNet, DiffusionConfig, ModelConfig, int]:
+    """The EMA model (eval mode), its configs and its training step, from a checkpoint file."""
+    state = load_checkpoint(path, map_location)
+    model_config = config_from_dict(ModelConfig, state["model_config"])
+    diffusion_config = config_from_dict(DiffusionConfig, state["diffusion_config"])
+    model = UNet(model_config)
+    try:
+        model.load_state_dict(state["ema"])
+    except RuntimeError as err:
+        raise CheckpointError(f"Checkpoint {path}: EMA weights do not fit its ModelConfig ({str(err)[:300]}).") from None
+    return model.to(map_location).eval(), diffusion_config, model_config, int(state["step"])
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path:
+    """The newest checkpoint of a run folder, or a CheckpointError saying none was found."""
+    found = list_checkpoints(Path(run_dir))
+    if not found:
+        raise CheckpointError(f"No checkpoint in {Path(run_dir) / 'checkpoints'}; train first, or pass --checkpoint FILE.")
+    return found[-1]

@@ -1,0 +1,207 @@
+"""`ddpm train | sample | noise`: the command line. Each subcommand's --help is its manual."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import PRESETS, ConfigError, DiffusionConfig, ModelConfig
+
+EPILOG = """examples:
+  ddpm train --preset demo                          # ~10 min on a 2-core CPU, built-in digits
+  ddpm train --dataset folder:~/images --preset seed --max-steps 100000
+  ddpm sample --run runs/demo --num-images 64 --out grid.png --npz samples.npz
+  ddpm noise --dataset digits --timesteps 0,66,132,200 --out forward.png
+"""
+
+
+def _field_help(cls: type) -> dict[str, str]:
+    """Each dataclass field's comment (inline, or the comment lines just above it) as its help text."""
+    helps: dict[str, str] = {}
+    pending: list[str] = []
+    for line in inspect.getsource(cls).splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            pending.append(stripped.lstrip("# "))
+            continue
+        m = re.match(r"^(\w+):[^=]+=.*?(?:#\s*(.*))?$", stripped)
+        if m:
+            helps[m.group(1)] = m.group(2) or " ".join(pending)
+        pending = []
+    return helps
+
+
+def _parse_ints(text: str) -> tuple[int, ...]:
+    text = text.strip().strip("[]()")
+    return tuple(int(v) for v in text.split(",") if v.strip()) if text else ()
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: set[str]) -> None:
+    """One --flag per config field, default None so that presets and dataclass defaults apply."""
+    helps = _field_help(cls)
+    group = parser.add_argument_group(f"{cls.__name__} fields")
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        flag = "--" + f.name.replace("_", "-")
+        text = f"{helps.get(f.name, '')} (default: {default})".replace("%", "%%")
+        if isinstance(default, bool):
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif isinstance(default, tuple):
+            group.add_argument(flag, dest=f.name, type=_parse_ints, default=None, metavar="I,J,..", help=text)
+        elif isinstance(default, int):
+            group.add_argument(flag, dest=f.name, type=int, default=None, metavar="N", help=text)
+        elif isinstance(default, float) or f.name in ("beta_start", "beta_end"):
+            group.add_argument(flag, dest=f.name, type=float, default=None, metavar="X", help=text)
+        else:
+            group.add_argument(flag, dest=f.name, type=str, default=None, help=text)
+
+
+def _configs_from_args(args: argparse.Namespace) -> tuple[DiffusionConfig, ModelConfig]:
+    diff_kwargs: dict[str, Any] = {}
+    model_kwargs: dict[str, Any] = {}
+    if args.preset:
+        diff_kwargs.update(PRESETS[args.preset][0])
+        model_kwargs.update(PRESETS[args.preset][1])
+    for cls, kwargs in ((DiffusionConfig, diff_kwargs), (ModelConfig, model_kwargs)):
+        for f in dataclasses.fields(cls):
+            value = getattr(args, f.name, None)
+            if value is not None:
+                kwargs[f.name] = value
+    return DiffusionConfig(**diff_kwargs), ModelConfig(**model_kwargs)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train_diffusion
+
+    diff_config, model_config = _configs_from_args(args)
+    train_diffusion(diff_config, model_config)
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .checkpoint import latest_checkpoint, model_from_checkpoint
+    from .images import save_grid, save_npz
+    from .runtime import resolve_device, resolve_precision
+    from .sampling import sample_images
+    from .schedule import NoiseSchedule
+
+    path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(args.run)
+    device = resolve_device(args.device)
+    model, diff_config, _, step = model_from_checkpoint(path, device)
+    schedule = NoiseSchedule.from_config(diff_config).to(device)
+    seed = args.seed
+    variance = args.variance or diff_config.sample_variance
+    clip = diff_config.clip_x0 if args.clip_x0 is None else args.clip_x0
+    print(f"ddpm: {args.num_images} images from {path} (step {step}) with {args.sampler}"
+          + (f", {args.sample_steps} steps" if args.sampler == "ddim" else f", {schedule.num_timesteps} steps"))
+    x = sample_images(model, schedule, args.num_images, seed=seed, sampler=args.sampler, num_steps=args.sample_steps,
+                      variance=variance, clip_x0=clip, eta=args.eta, batch_size=args.batch_size,
+                      autocast_dtype=resolve_precision(args.precision, device), progress=True)
+    out = Path(args.out) if args.out else (path.parent.parent / "samples" / f"sample_seed{seed}.png")
+    print(f"ddpm: sample grid {save_grid(x, out)}")
+    if args.npz:
+        print(f"ddpm: samples {save_npz(x, args.npz)} (arr_0: uint8 {tuple(x.shape[i] for i in (0, 2, 3, 1))})")
+    return 0
+
+
+def cmd_noise(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data import load_dataset
+    from .images import forward_process_figure
+    from .schedule import NoiseSchedule
+
+    diff = DiffusionConfig(dataset_name=args.dataset, timesteps_diff=args.num_timesteps, data_root=args.data_root)
+    timesteps = list(_parse_ints(args.timesteps))
+    dataset = load_dataset(diff.dataset_name, args.image_size, args.channels, diff.data_root)
+    gen = torch.Generator().manual_seed(args.seed)
+    idx = torch.randperm(len(dataset), generator=gen)[: args.num_images].tolist()
+    x0 = torch.stack([dataset[i] for i in idx])
+    path = forward_process_figure(x0, NoiseSchedule.from_config(diff), timesteps, args.out, seed=args.seed)
+    print(f"ddpm: forward-process figure {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `ddpm` argument parser with its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="ddpm",
+        description="Denoising Diffusion Probabilistic Models (Ho et al., 2020): train, sample, and show the forward process.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,noise}")
+
+    p = sub.add_parser("train", help="train a model; writes a run folder (config, checkpoints, metrics, samples)",
+                       description="Train a DDPM. Every DiffusionConfig and ModelConfig field is a flag; a preset "
+                       "sets a starting point that explicit flags override. The run folder receives config.json, "
+                       "forward.png, metrics.jsonl, checkpoints/, samples/ and loss.png.")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named configuration: 'demo' (digits, "
+                   "~10 min on 2 CPU cores) or 'seed' (the seed's 128x128 FFHQ model)")
+    p.add_argument("--dataset", dest="dataset_name", help="alias of --dataset-name")
+    p.add_argument("--out", dest="out_dir", help="alias of --out-dir")
+    _add_config_arguments(p, DiffusionConfig, skip={"extra"})
+    _add_config_arguments(p, ModelConfig, skip=set())
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="generate images from a trained run or checkpoint",
+                       description="Generate images with the EMA weights of a checkpoint. Image i depends only on "
+                       "(seed, i), so a seed reproduces a grid whatever the batch size.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="run folder: its newest checkpoint is used")
+    src.add_argument("--checkpoint", help="checkpoint file (RUN_DIR/checkpoints/step_*.pt)")
+    p.add_argument("--num-images", type=int, default=64, help="how many images (default: 64)")
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm",
+                   help="ddpm: ancestral sampling over all T steps (Algorithm 2); ddim: --sample-steps steps")
+    p.add_argument("--sample-steps", type=int, default=50, help="steps of the ddim sampler (default: 50)")
+    p.add_argument("--eta", type=float, default=0.0, help="ddim noise: 0 = deterministic, 1 = DDPM-like (default: 0)")
+    p.add_argument("--variance", choices=("beta", "beta_tilde"), default=None,
+                   help="ddpm reverse variance (default: the run's sample_variance)")
+    p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None,
+                   help="clip predicted x_0 to [-1, 1] (default: the run's clip_x0)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per network call (default: 64)")
+    p.add_argument("--device", default="auto", help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda', ...")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="network precision (default: auto)")
+    p.add_argument("--out", help="grid PNG path (default: RUN_DIR/samples/sample_seed<S>.png)")
+    p.add_argument("--npz", help="also save the images as .npz (arr_0: uint8 N,H,W,C), the guided-diffusion convention")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("noise", help="figure of images noised by the forward process at several t",
+                       description="Draw x_t ~ q(x_t | x_0) for a few dataset images at the given timesteps "
+                       "(0 = the clean image, T = x_T) with the default schedule for --num-timesteps.")
+    p.add_argument("--dataset", default="digits", help="dataset name, as for train (default: digits)")
+    p.add_argument("--data-root", default=None, help="folder holding named datasets (default: $DDPM_DATA_ROOT or ./data)")
+    p.add_argument("--timesteps", default="0,66,132,200", help="comma-separated t values (default: 0,66,132,200)")
+    p.add_argument("--num-timesteps", type=int, default=200, help="T of the schedule (default: 200, the seed's)")
+    p.add_argument("--image-size", type=int, default=32, help="image side in pixels (default: 32)")
+    p.add_argument("--channels", type=int, default=1, choices=(1, 3), help="image channels (default: 1)")
+    p.add_argument("--num-images", type=int, default=3, help="rows of the figure (default: 3)")
+    p.add_argument("--seed", type=int, default=0, help="chooses the images and the noise (default: 0)")
+    p.add_argument("--out", default="forward.png", help="output PNG (default: forward.png)")
+    p.set_defaults(func=cmd_noise)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `ddpm` console script."""
+    from .checkpoint import CheckpointError
+    from .data import DatasetNotFoundError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DatasetNotFoundError, CheckpointError, ValueError) as err:
+        print(f"ddpm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Typed configuration: what to train (DiffusionConfig) and the network (ModelConfig).
+
+Both are validated once, at construction, with errors that name the field, the value and the fix.
+The resolved configs are written into the run folder and into every checkpoint, and a model is
+rebuilt from its stored ModelConfig.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+EMBEDDING_PLACEMENTS = ("block_start", "after_conv1")
+SAMPLE_VARIANCES = ("beta", "beta_tilde")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+class ConfigError(ValueError):
+    """A configuration field holds a value that cannot work; the message names field, value, fix."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass
+class ModelConfig:
+    """The seed's U-Net (DDPM, Ho et al. 2020, Appendix B), one level per entry of dim_multiply."""
+
+    lowest_resolution_size: int = 8  # side of the bottleneck feature map, pixels
+    dim_multiply: tuple[int, ...] = (1, 2, 2, 4, 8)  # channel multiplier of base_dim per level
+    transformer_layers: tuple[int, ...] = (3,)  # level indices (0 = full res) with self-attention
+    base_dim: int = 64  # channels at level 0; the timestep MLP is 4 * base_dim wide
+    image_channels: int = 3  # 1 = grayscale, 3 = RGB
+    # ResNet blocks per level going down; going up has one more, each concatenating one skip
+    # (the seed's 2 down and 3 up; the count is tied so that every skip is used exactly once).
+    num_res_blocks: int = 2
+    dropout: float = 0.1  # dropout inside ResNet blocks (paper: 0.1 on CIFAR10, 0.0 elsewhere)
+    norm_groups: int = 32  # GroupNorm groups; every channel count must be divisible by it
+    attention_heads: int = 1  # heads of each self-attention layer (paper: 1)
+    # Where the timestep embedding enters a ResNet block: "block_start" adds it to the block's
+    # input as the seed describes; "after_conv1" is the official DDPM placement.
+    embedding_placement: str = "block_start"
+
+    def __post_init__(self) -> None:
+        self.dim_multiply = tuple(int(m) for m in self.dim_multiply)
+        self.transformer_layers = tuple(int(i) for i in self.transformer_layers)
+        levels = len(self.dim_multiply)
+        _require(levels >= 1, "ModelConfig.dim_multiply is empty; give one multiplier per level, e.g. [1, 2, 2, 4, 8].")
+        _require(all(m >= 1 for m in self.dim_multiply),
+                 f"ModelConfig.dim_multiply={list(self.dim_multiply)} has a multiplier below 1; use positive integers.")
+        _require(self.lowest_resolution_size >= 1,
+                 f"ModelConfig.lowest_resolution_size={self.lowest_resolution_size} must be a positive number of pixels (seed: 8).")
+        _require(self.base_dim >= 1, f"ModelConfig.base_dim={self.base_dim} must be positive (seed: 64).")
+        _require(self.image_channels >= 1,
+                 f"ModelConfig.image_channels={self.image_channels} must be positive (1 = grayscale, 3 = RGB).")
+        _require(self.num_res_blocks >= 1,
+                 f"ModelConfig.num_res_blocks={self.num_res_blocks} must be at least 1 (seed: 2 down, so 3 up).")
+        _require(0.0 <= self.dropout < 1.0, f"ModelConfig.dropout={self.dropout} must lie in [0, 1).")
+        bad = [i for i in self.transformer_layers if not 0 <= i < levels]
+        _require(not bad,
+                 f"ModelConfig.transformer_layers={list(self.transformer_layers)} names level(s) {bad}, but "
+                 f"dim_multiply has {levels} levels (indices 0..{levels - 1}, 0 = full resolution); "
+                 f"list only those (the bottleneck always has attention).")
+        _require(self.norm_groups >= 1, f"ModelConfig.norm_groups={self.norm_groups} must be positive.")
+        for m in self.dim_multiply:
+            ch = self.base_dim * m
+            _require(ch % self.norm_groups == 0,
+                     f"ModelConfig: level width base_dim * {m} = {ch} channels is not divisible by "
+                     f"norm_groups={self.norm_groups}; pick base_dim a multiple of {self.norm_groups} "
+                     "or lower norm_groups.")
+            _require(ch % self.attention_heads == 0,
+                     f"ModelConfig.attention_heads={self.attention_heads} does not divide {ch} channels.")
+        _require(self.embedding_placement in EMBEDDING_PLACEMENTS,
+                 f"ModelConfig.embedding_placement={self.embedding_placement!r}; choose one of {EMBEDDING_PLACEMENTS}.")
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square images the model takes: lowest_resolution_size * 2**(levels - 1)."""
+        return self.lowest_resolution_size * 2 ** (len(self.dim_multiply) - 1)
+
+
+@dataclass
+class DiffusionConfig:
+    """What to train on and how: data, noise schedule, optimisation, outputs.
+
+    Defaults follow the paper (Ho et al. 2020, Sec. 4 and Appendix B) where it gives one.
+    """
+
+    dataset_name: str = "digits"  # "digits" (built in), "FFHQ", "CIFAR10", "MNIST" or "folder:PATH"
+    data_root: str | None = None  # folder holding named datasets; None = $DDPM_DATA_ROOT or ./data
+    learning_rate: float = 2e-4  # peak Adam learning rate (paper: 2e-4; the seed's 1e-3 also works)
+    batch_size: int = 128  # images per optimiser step (paper: 128)
+    use_augmentation: bool = False  # random horizontal flips
+    timesteps_diff: int = 1000  # T, the number of diffusion steps (paper: 1000; seed: 200)
+    # Linear beta schedule endpoints. None = the paper's 1e-4 and 0.02 scaled by 1000 / T, so x_T is
+    # pure noise for any T (the seed's T = 200 with the unscaled range keeps 36% of the signal).
+    beta_start: float | None = None
+    beta_end: float | None = None
+    max_steps: int = 800_000  # optimiser steps to train for (paper: 800k on CIFAR10)
+    warmup_steps: int = 5000  # linear learning-rate warm-up (paper: 5000)
+    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping (paper: 1.0)
+    weight_decay: float = 0.0  # AdamW decoupled weight decay (paper: none)
+    ema_decay: float = 0.9999  # EMA of the weights used for sampling (paper: 0.9999)
+    # EMA warm-up: the decay used at step s is min(ema_decay, (1 + s) / (10 + s)), so short runs
+    # are not dominated by the random initialisation.
+    ema_warmup: bool = True
+    precision: str = "auto"  # "auto" (bf16 autocast where the device does it fast), "fp32", "bf16"
+    device: str = "auto"  # "auto" = CUDA if available, else CPU; or any torch device string
+    seed: int = 0  # seeds data order, timesteps, noise and the initialisation
+    out_dir: str | None = None  # run folder; None = runs/<dataset>-<date>-<time>
+    log_every_steps: int = 50  # steps between lines of metrics.jsonl
+    checkpoint_every_steps: int = 5000  # steps between checkpoints; 0 = only at the end
+    sample_every_steps: int = 0  # steps between sample grids; 0 = only at the end
+    num_sample_images: int = 64  # images in each fixed-seed sample grid; 0 = no grids
+    sample_variance: str = "beta"  # reverse-process variance: "beta" or "beta_tilde" (posterior)
+    clip_x0: bool = True  # clip the predicted x_0 to [-1, 1] while sampling
+    num_workers: int = 0  # DataLoader worker processes (0 = load in the training process)
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes stored with the run
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.dataset_name, str) and self.dataset_name.strip() != "",
+                 "DiffusionConfig.dataset_name is empty; use 'digits', 'FFHQ', 'CIFAR10', 'MNIST' or 'folder:PATH'.")
+        _require(self.learning_rate > 0, f"DiffusionConfig.learning_rate={self.learning_rate} must be positive (paper: 2e-4).")
+        _require(self.batch_size >= 1, f"DiffusionConfig.batch_size={self.batch_size} must be at least 1.")
+        _require(self.timesteps_diff >= 2, f"DiffusionConfig.timesteps_diff={self.timesteps_diff} must be at least 2 (paper: 1000).")
+        for name in ("beta_start", "beta_end"):
+            v = getattr(self, name)
+            _require(v is None or 0.0 < v < 1.0, f"DiffusionConfig.{name}={v} must lie in (0, 1), or be None for the scaled default.")
+        b0, b1 = self.resolved_betas()
+        _require(b0 <= b1, f"DiffusionConfig.beta_start={b0} is above beta_end={b1}; the linear schedule must increase.")
+        _require(b1 < 1.0, f"DiffusionConfig: beta_end resolves to {b1} >= 1 for T={self.timesteps_diff}; "
+                 "use more timesteps or give beta_end explicitly.")
+        _require(self.max_steps >= 1, f"DiffusionConfig.max_steps={self.max_steps} must be at least 1.")
+        for name in ("warmup_steps", "log_every_steps", "checkpoint_every_steps", "sample_every_steps",
+                     "num_sample_images", "num_workers"):
+            v = getattr(self, name)
+            _require(isinstance(v, int) and v >= 0, f"DiffusionConfig.{name}={v!r} must be a non-negative integer.")
+        _require(self.grad_clip >= 0, f"DiffusionConfig.grad_clip={self.grad_clip} must be >= 0 (0 = off).")
+        _require(self.weight_decay >= 0, f"DiffusionConfig.weight_decay={self.weight_decay} must be >= 0.")
+        _require(0.0 <= self.ema_decay < 1.0, f"DiffusionConfig.ema_decay={self.ema_decay} must lie in [0, 1) (paper: 0.9999).")
+        _require(self.precision in PRECISIONS, f"DiffusionConfig.precision={self.precision!r}; choose one of {PRECISIONS}.")
+        _require(self.sample_variance in SAMPLE_VARIANCES,
+                 f"DiffusionConfig.sample_variance={self.sample_variance!r}; choose one of {SAMPLE_VARIANCES}.")
+
+    def resolved_betas(self) -> tuple[float, float]:
+        """(beta_start, beta_end) after scaling the paper's range by 1000 / T where not given."""
+        scale = 1000.0 / self.timesteps_diff
+        b0 = self.beta_start if self.beta_start is not None else 1e-4 * scale
+        b1 = self.beta_end if self.beta_end is not None else 0.02 * scale
+        return float(b0), float(b1)
+
+
+def config_to_dict(config: DiffusionConfig | ModelConfig) -> dict[str, Any]:
+    """A JSON-ready dict of a config (tuples become lists)."""
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(cls: type, values: dict[str, Any]):
+    """Rebuild a config from config_to_dict output; unknown keys are an error naming them."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    _require(not unknown, f"{cls.__name__}: unknown field(s) {unknown}; known fields are {sorted(names)}.")
+    return cls(**values)
+
+
+# Named starting points. "seed" is the seed's 128x128 model; "demo" is tuned for about ten minutes of
+# 2-core CPU training on the built-in digits (see README: "make demo").
+PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "seed": (
+        dict(dataset_name="FFHQ", learning_rate=1e-3, batch_size=16, use_augmentation=False, timesteps_diff=200),
+        dict(lowest_resolution_size=8, dim_multiply=(1, 2, 2, 4, 8), transformer_layers=(3,), base_dim=64),
+    ),
+    "demo": (
+        dict(dataset_name="digits", learning_rate=2e-3, batch_size=64, timesteps_diff=200, max_steps=3000,
+             warmup_steps=100, ema_decay=0.999, log_every_steps=50, checkpoint_every_steps=1000,
+             num_sample_images=64),
+        dict(lowest_resolution_size=4, dim_multiply=(1, 2, 2), transformer_layers=(1,), base_dim=32,
+             image_channels=1, dropout=0.0, norm_groups=8),
+    ),
+}

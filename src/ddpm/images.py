@@ -1,0 +1,119 @@
+"""Turning tensors into files a person or an evaluator reads: grids, .npz, figures."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .schedule import NoiseSchedule
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) images in [-1, 1] -> (N, H, W, C) uint8 in 0..255."""
+    x = ((x.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def grid_image(images: np.ndarray, nrow: int | None = None, pad: int = 2, min_side: int = 64) -> Image.Image:
+    """Tile (N, H, W, C) uint8 images into one PIL image, nearest-upscaled so tiles are >= min_side."""
+    n, h, w, c = images.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    ncol = math.ceil(n / nrow)
+    scale = max(1, math.ceil(min_side / max(h, w)))
+    H, W = h * scale, w * scale
+    canvas = np.full((ncol * (H + pad) + pad, nrow * (W + pad) + pad, c), 255, dtype=np.uint8)
+    for k in range(n):
+        r, q = divmod(k, nrow)
+        tile = images[k].repeat(scale, axis=0).repeat(scale, axis=1)
+        canvas[pad + r * (H + pad): pad + r * (H + pad) + H, pad + q * (W + pad): pad + q * (W + pad) + W] = tile
+    return Image.fromarray(canvas[:, :, 0] if c == 1 else canvas)
+
+
+def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
+    """Save (N, C, H, W) images in [-1, 1] as one PNG grid; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid_image(to_uint8(x), nrow).save(path)
+    return path
+
+
+def save_npz(x: torch.Tensor, path: str | Path) -> Path:
+    """Save images as guided-diffusion's evaluation .npz: arr_0 uint8 (N, H, W, C) in 0..255."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, arr_0=to_uint8(x))
+    return path
+
+
+def forward_process_figure(
+    x0: torch.Tensor,
+    schedule: NoiseSchedule,
+    timesteps: Sequence[int],
+    path: str | Path,
+    seed: int = 0,
+) -> Path:
+    """The seed's figure: each row an image, each column x_t ~ q(x_t | x_0) at one t.
+
+    Args:
+        x0: (N, C, H, W) clean images in [-1, 1].
+        timesteps: paper timesteps; 0 is the clean image, T the last step.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    T = schedule.num_timesteps
+    bad = [t for t in timesteps if not 0 <= t <= T]
+    if bad:
+        raise ValueError(f"timesteps {bad} lie outside 0..{T} (0 = the clean image, {T} = x_T).")
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(x0.shape, generator=gen)  # one noise draw per image, shared across columns
+    n = x0.shape[0]
+    fig, axes = plt.subplots(n, len(timesteps), figsize=(2.0 * len(timesteps), 2.0 * n + 0.3), squeeze=False)
+    for j, t in enumerate(timesteps):
+        if t == 0:
+            x_t = x0
+        else:  # paper step t is array index t - 1
+            x_t = schedule.q_sample(x0, torch.full((n,), t - 1, dtype=torch.long), noise)
+        imgs = to_uint8(x_t)
+        for i in range(n):
+            ax = axes[i][j]
+            ax.imshow(imgs[i].squeeze(-1) if imgs.shape[-1] == 1 else imgs[i], cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                signal = 1.0 if t == 0 else float(schedule.alphas_cumprod[t - 1])
+                ax.set_title(f"t = {t}\n" + r"$\bar\alpha_t$" + f" = {signal:.3f}", fontsize=9)
+    fig.suptitle(f"Forward process q(x_t | x_0), T = {T}", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def loss_curve_figure(steps: Sequence[int], losses: Sequence[float], path: str | Path) -> Path:
+    """Training loss against step, log-scaled, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(steps, losses)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("noise-prediction MSE")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

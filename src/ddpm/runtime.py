@@ -1,0 +1,51 @@
+"""Where and in what precision the model runs."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """"auto" = the first CUDA device if one is usable, else the CPU; otherwise any torch device string."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"device={name!r} is not a torch device ({err}); use 'auto', 'cpu' or 'cuda'.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but no CUDA device is available here; use device='auto' or 'cpu'.")
+    return device
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix work is native on this device (CUDA Ampere+, or a CPU with AVX512-BF16/AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision setting: None (fp32) or torch.bfloat16.
+
+    "auto" picks bf16 where the device does it natively: on this project's CPUs it is 1.5-2x faster
+    than fp32 for a whole training step (benchmarks/bench_unet.py).
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto":
+        return torch.bfloat16 if fast_bf16(device) else None
+    raise ValueError(f"precision={precision!r}; choose 'auto', 'fp32' or 'bf16'.")
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to dtype on device, or a no-op context for fp32."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

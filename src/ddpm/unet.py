@@ -1,0 +1,224 @@
+"""The noise-prediction U-Net of DDPM (Ho et al. 2020, Appendix B), written from scratch.
+
+model(x_t, t) -> predicted noise. The network knows nothing about betas: t is only an index that
+the sinusoidal embedding turns into features.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps ("Attention is all you need", Sec. 3.5).
+
+    Args:
+        t: (B,) timesteps (any numeric dtype).
+        dim: embedding width; the first half are sines, the second cosines.
+    Returns:
+        (B, dim) float32 features.
+    """
+    half = dim // 2
+    # Frequencies from 1 down to 1/max_period, geometrically spaced, as in the official DDPM code.
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / max(half - 1, 1)
+    angles = t.float()[:, None] * torch.exp(exponent)[None, :]
+    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def _zero_init(module: nn.Module) -> nn.Module:
+    """Zero the weights and bias, so a residual branch starts as the identity (official DDPM init)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """ResNet block (DDPM Appendix B): GroupNorm, SiLU, 3x3 conv, twice, with a timestep embedding.
+
+    placement "block_start" adds the projected embedding to the block's input, as the seed describes;
+    "after_conv1" adds it after the first convolution, as the official implementation does.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float, groups: int, placement: str) -> None:
+        super().__init__()
+        self.embed_at_start = placement == "block_start"
+        self.temb_proj = nn.Linear(temb_dim, in_ch if self.embed_at_start else out_ch)
+        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = _zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """x: (B, in_ch, H, W); temb: (B, temb_dim), already passed through SiLU."""
+        emb = self.temb_proj(temb)[:, :, None, None]
+        h = x + emb if self.embed_at_start else x
+        h = self.conv1(F.silu(self.norm1(h)))
+        if not self.embed_at_start:
+            h = h + emb
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.shortcut(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over the H*W positions with a residual connection (DDPM Appendix B)."""
+
+    def __init__(self, channels: int, groups: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj_out = _zero_init(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
+        B, C, H, W = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
+        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # each (B, heads, HW, C/heads)
+        h = F.scaled_dot_product_attention(q, k, v)  # fused kernel; softmax(q k^T / sqrt(d)) v
+        h = h.transpose(-1, -2).reshape(B, C, H, W)
+        return x + self.proj_out(h)
+
+
+class Downsample(nn.Module):
+    """Halve the resolution with a stride-2 3x3 convolution."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Double the resolution: nearest-neighbour upsampling, then a 3x3 convolution."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class _Level(nn.Module):
+    """The ResNet blocks (each optionally followed by attention) of one resolution level."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList()
+        self.attns = nn.ModuleList()
+        self.resample: nn.Module | None = None
+
+
+class UNet(nn.Module):
+    """DDPM noise predictor eps_theta(x_t, t), built from a ModelConfig.
+
+    Going down, each level has num_res_blocks ResNet blocks and a stride-2 downsample (except the
+    last); the bottleneck is ResNet, attention, ResNet; going up, each level has num_res_blocks + 1
+    blocks that each concatenate one skip from the way down, then a nearest+conv upsample.
+    Self-attention follows every block of the levels in transformer_layers.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        base, groups, drop = config.base_dim, config.norm_groups, config.dropout
+        temb_dim = 4 * base
+        levels = len(config.dim_multiply)
+
+        def res(i: int, o: int) -> ResBlock:
+            return ResBlock(i, o, temb_dim, drop, groups, config.embedding_placement)
+
+        def attn(ch: int, level: int) -> nn.Module:
+            return AttentionBlock(ch, groups, config.attention_heads) if level in config.transformer_layers else nn.Identity()
+
+        # Timestep embedding: sinusoid -> Linear -> SiLU -> Linear (official DDPM).
+        self.time_mlp = nn.Sequential(nn.Linear(base, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        self.conv_in = nn.Conv2d(config.image_channels, base, 3, padding=1)
+
+        skip_channels = [base]
+        ch = base
+        self.down = nn.ModuleList()
+        for level, mult in enumerate(config.dim_multiply):
+            stage = _Level()
+            for _ in range(config.num_res_blocks):
+                stage.blocks.append(res(ch, base * mult))
+                ch = base * mult
+                stage.attns.append(attn(ch, level))
+                skip_channels.append(ch)
+            if level != levels - 1:
+                stage.resample = Downsample(ch)
+                skip_channels.append(ch)
+            self.down.append(stage)
+
+        self.mid_block1 = res(ch, ch)
+        self.mid_attn = AttentionBlock(ch, groups, config.attention_heads)
+        self.mid_block2 = res(ch, ch)
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(config.dim_multiply))):
+            stage = _Level()
+            for _ in range(config.num_res_blocks + 1):
+                stage.blocks.append(res(ch + skip_channels.pop(), base * mult))
+                ch = base * mult
+                stage.attns.append(attn(ch, level))
+            if level != 0:
+                stage.resample = Upsample(ch)
+            self.up.append(stage)
+        assert not skip_channels, "every skip connection is used exactly once"
+
+        self.norm_out = nn.GroupNorm(groups, ch)
+        self.conv_out = _zero_init(nn.Conv2d(ch, config.image_channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Predict the noise in x_t.
+
+        Args:
+            x: (B, image_channels, S, S) noisy images, S = config.image_size.
+            t: (B,) integer timesteps 0 .. T-1.
+        Returns:
+            (B, image_channels, S, S) predicted noise.
+        """
+        size, channels = self.config.image_size, self.config.image_channels
+        if x.dim() != 4 or x.shape[1] != channels or x.shape[2] != size or x.shape[3] != size:
+            raise ValueError(
+                f"UNet expects images of shape (B, {channels}, {size}, {size}) for this ModelConfig "
+                f"(image_size = lowest_resolution_size * 2**(levels-1)), got {tuple(x.shape)}."
+            )
+        temb = F.silu(self.time_mlp(timestep_embedding(t, self.config.base_dim)))
+
+        h = self.conv_in(x)
+        skips = [h]
+        for stage in self.down:
+            for block, attn in zip(stage.blocks, stage.attns, strict=True):
+                h = attn(block(h, temb))
+                skips.append(h)
+            if stage.resample is not None:
+                h = stage.resample(h)
+                skips.append(h)
+
+        h = self.mid_block2(self.mid_attn(self.mid_block1(h, temb)), temb)
+
+        for stage in self.up:
+            for block, attn in zip(stage.blocks, stage.attns, strict=True):
+                h = attn(block(torch.cat([h, skips.pop()], dim=1), temb))
+            if stage.resample is not None:
+                h = stage.resample(h)
+
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
