@@ -17,7 +17,7 @@ demo: $(VENV)/.installed
 	$(BIN)/ddpm train --preset demo --out $(RUN_DIR)
 
 test: $(VENV)/.installed
-	$(BIN)/ruff check src tests benchmarks train.py
+	$(BIN)/ruff check src tests train.py $(wildcard benchmarks/*.py)
 	$(BIN)/pytest -q
 
 test-slow: $(VENV)/.installed

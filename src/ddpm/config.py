@@ -132,7 +132,7 @@ class DiffusionConfig:
         b0, b1 = self.resolved_betas()
         _require(b0 <= b1, f"DiffusionConfig.beta_start={b0} is above beta_end={b1}; the linear schedule must increase.")
         _require(b1 < 1.0, f"DiffusionConfig: beta_end resolves to {b1} >= 1 for T={self.timesteps_diff}; "
-                 "use more timesteps or give beta_end explicitly.")
+                 "the scaled default needs T >= 21; use more timesteps or give beta_end explicitly.")
         _require(self.max_steps >= 1, f"DiffusionConfig.max_steps={self.max_steps} must be at least 1.")
         for name in ("warmup_steps", "log_every_steps", "checkpoint_every_steps", "sample_every_steps",
                      "num_sample_images", "num_workers"):
@@ -174,8 +174,8 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         dict(lowest_resolution_size=8, dim_multiply=(1, 2, 2, 4, 8), transformer_layers=(3,), base_dim=64),
     ),
     "demo": (
-        dict(dataset_name="digits", learning_rate=2e-3, batch_size=64, timesteps_diff=200, max_steps=3000,
-             warmup_steps=100, ema_decay=0.999, log_every_steps=50, checkpoint_every_steps=1000,
+        dict(dataset_name="digits", learning_rate=1e-3, batch_size=64, timesteps_diff=200, max_steps=4000,
+             warmup_steps=200, ema_decay=0.999, log_every_steps=100, checkpoint_every_steps=1000,
              num_sample_images=64),
         dict(lowest_resolution_size=4, dim_multiply=(1, 2, 2), transformer_layers=(1,), base_dim=32,
              image_channels=1, dropout=0.0, norm_groups=8),

@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny configs that train and sample in seconds on a CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddpm import DiffusionConfig, ModelConfig
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    torch.manual_seed(0)
+    yield
+
+
+def tiny_model_config(**overrides) -> ModelConfig:
+    """8x8 images, two levels, 8 channels: a forward pass takes milliseconds."""
+    values = dict(lowest_resolution_size=4, dim_multiply=(1, 2), transformer_layers=(0,), base_dim=8,
+                  image_channels=1, norm_groups=4, dropout=0.0)
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+def tiny_diffusion_config(tmp_path, **overrides) -> DiffusionConfig:
+    values = dict(dataset_name="digits", batch_size=16, timesteps_diff=40, max_steps=10, warmup_steps=2,
+                  log_every_steps=5, checkpoint_every_steps=0, num_sample_images=4, out_dir=str(tmp_path / "run"),
+                  precision="fp32", learning_rate=2e-3)
+    values.update(overrides)
+    return DiffusionConfig(**values)

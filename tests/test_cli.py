@@ -1,0 +1,133 @@
+"""The command line and the seed's snippet, run as a user would, in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ddpm.checkpoint import list_checkpoints, load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--dataset", "digits", "--lowest-resolution-size", "4", "--dim-multiply", "1,2", "--transformer-layers", "0",
+        "--base-dim", "8", "--norm-groups", "4", "--image-channels", "1", "--timesteps-diff", "40",
+        "--batch-size", "16", "--precision", "fp32"]
+
+
+def ddpm(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ddpm", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_train_sample_noise_end_to_end(tmp_path):
+    run = tmp_path / "run"
+    r = ddpm("train", *TINY, "--max-steps", "8", "--log-every-steps", "4", "--num-sample-images", "4", "--out", str(run))
+    assert r.returncode == 0, r.stderr
+    assert f"sample grid {run / 'samples' / 'step_00000008.png'}" in r.stdout
+    assert "parameters" in r.stdout
+
+    r = ddpm("sample", "--run", str(run), "--num-images", "6", "--seed", "3", "--out", str(tmp_path / "g.png"),
+             "--npz", str(tmp_path / "s.npz"))
+    assert r.returncode == 0, r.stderr
+    arr = np.load(tmp_path / "s.npz")["arr_0"]
+    assert arr.dtype == np.uint8 and arr.shape == (6, 8, 8, 1)
+    assert Image.open(tmp_path / "g.png").size[0] > 0
+    # The same seed reproduces the same images, through the DDIM path too.
+    r2 = ddpm("sample", "--checkpoint", str(list_checkpoints(run)[-1]), "--num-images", "6", "--seed", "3",
+              "--batch-size", "4", "--out", str(tmp_path / "g2.png"), "--npz", str(tmp_path / "s2.npz"))
+    assert r2.returncode == 0, r2.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "s2.npz")["arr_0"], arr)
+    r3 = ddpm("sample", "--run", str(run), "--sampler", "ddim", "--sample-steps", "5", "--num-images", "2",
+              "--out", str(tmp_path / "g3.png"))
+    assert r3.returncode == 0, r3.stderr
+
+    r = ddpm("noise", "--dataset", "digits", "--timesteps", "0,66,132,200", "--out", str(tmp_path / "fwd.png"))
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "fwd.png").size[0] > 300
+
+
+def test_bad_cli_input_is_one_clear_line(tmp_path):
+    r = ddpm("train", *TINY, "--transformer-layers", "7", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2
+    assert "transformer_layers" in r.stderr and "Traceback" not in r.stderr
+    r = ddpm("sample", "--run", str(tmp_path / "nothing"))
+    assert r.returncode == 2 and "No checkpoint" in r.stderr
+
+
+def test_help_is_the_manual():
+    for sub in ([], ["train"], ["sample"], ["noise"]):
+        r = ddpm(*sub, "--help")
+        assert r.returncode == 0
+    r = ddpm("train", "--help")
+    for flag in ("--dataset", "--learning-rate", "--timesteps-diff", "--dim-multiply", "--embedding-placement", "--preset"):
+        assert flag in r.stdout
+
+
+SNIPPET = textwrap.dedent("""
+    from train import train_diffusion, DiffusionConfig, ModelConfig
+
+    diff_config = DiffusionConfig(
+        dataset_name = "FFHQ",
+        learning_rate = 0.001,
+        batch_size= 16,
+        use_augmentation = False,
+        timesteps_diff = 200
+    )
+
+    model_config = ModelConfig(
+        lowest_resolution_size = 8,
+        dim_multiply = [1,2,2,4,8],
+        transformer_layers = [3],
+        base_dim = 64
+    )
+    train_diffusion(diff_config, model_config)
+""")
+
+
+def test_seed_snippet_without_ffhq_stops_at_once_saying_where(tmp_path):
+    r = subprocess.run([sys.executable, "-c", SNIPPET], cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "DDPM_DATA_ROOT": str(tmp_path)})
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("ddpm.data.DatasetNotFoundError: FFHQ not found")
+    assert str(tmp_path / "FFHQ") in last and "folder:" in last
+    assert "site-packages/torch" not in r.stderr  # no traceback from inside PyTorch
+
+
+def test_sigint_writes_a_checkpoint_and_exits_cleanly(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "ddpm", "train", *TINY, "--max-steps", "100000",
+                             "--log-every-steps", "2", "--out", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "metrics.jsonl").is_file() or \
+            (run / "metrics.jsonl").is_file() and not (run / "metrics.jsonl").read_text():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    ckpts = list_checkpoints(run)
+    assert len(ckpts) == 1
+    state = load_checkpoint(ckpts[-1])
+    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert 2 <= state["step"] < 100000 and state["step"] >= logged[-1]
+    assert "stopped at step" in out
+
+
+@pytest.mark.slow
+def test_seed_snippet_with_digits_trains_and_saves(tmp_path):
+    snippet = SNIPPET.replace('dataset_name = "FFHQ",', f'dataset_name = "digits", max_steps = 2, '
+                              f'num_sample_images = 1, out_dir = {str(tmp_path / "run")!r},')
+    r = subprocess.run([sys.executable, "-c", snippet], cwd=REPO, capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "run" / "checkpoints" / "step_00000002.pt").is_file()
+    assert (tmp_path / "run" / "samples" / "step_00000002.png").is_file()

@@ -1,0 +1,98 @@
+"""The U-Net: shapes, structure, initialisation, conditioning, and clear errors for bad configs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_model_config
+
+from ddpm import ModelConfig
+from ddpm.config import ConfigError
+from ddpm.unet import AttentionBlock, ResBlock, UNet, count_parameters, timestep_embedding
+
+
+def test_seed_config_builds_128px_model_and_reports_parameter_count():
+    cfg = ModelConfig(lowest_resolution_size=8, dim_multiply=[1, 2, 2, 4, 8], transformer_layers=[3], base_dim=64)
+    assert cfg.image_size == 128
+    model = UNet(cfg)
+    n = count_parameters(model)
+    print(f"seed U-Net parameters: {n:,}")
+    # 5 levels: 2 ResNet blocks per level down, 3 up; attention after each block of level 3 (16x16)
+    # going down (2) and up (3), plus one in the bottleneck.
+    assert sum(isinstance(m, ResBlock) for m in model.modules()) == 5 * 2 + 5 * 3 + 2
+    assert sum(isinstance(m, AttentionBlock) for m in model.modules()) == 2 + 3 + 1
+    assert 40e6 < n < 80e6
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 128, 128), torch.tensor([17]))
+    assert out.shape == (1, 3, 128, 128)
+
+
+@pytest.mark.parametrize("placement", ["block_start", "after_conv1"])
+def test_forward_shape_and_zero_initialised_output(placement):
+    model = UNet(tiny_model_config(embedding_placement=placement))
+    x = torch.randn(3, 1, 8, 8)
+    out = model(x, torch.tensor([0, 5, 19]))
+    assert out.shape == x.shape
+    # The output conv is zero-initialised (official DDPM), so the untrained model predicts zero noise.
+    assert torch.count_nonzero(out) == 0
+
+
+@pytest.mark.parametrize("placement", ["block_start", "after_conv1"])
+def test_timestep_changes_the_prediction(placement):
+    model = UNet(tiny_model_config(embedding_placement=placement)).eval()
+    for p in model.parameters():  # leave the zero init so the output depends on everything
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randn(1, 1, 8, 8).repeat(2, 1, 1, 1)
+    out = model(x, torch.tensor([1, 15]))
+    assert not torch.allclose(out[0], out[1])
+    # Where the embedding goes: block_start projects to the block's input width, after_conv1 to its output.
+    block = model.down[1].blocks[0]  # 8 -> 16 channels
+    expected = 8 if placement == "block_start" else 16
+    assert block.temb_proj.out_features == expected
+
+
+def test_timestep_embedding_matches_float64_formula():
+    t = torch.tensor([0, 1, 7, 199])
+    dim = 16
+    emb = timestep_embedding(t, dim)
+    half = dim // 2
+    for i, tv in enumerate(t.tolist()):
+        for k in range(half):
+            freq = math.exp(-math.log(10000.0) * k / (half - 1))
+            assert emb[i, k].item() == pytest.approx(math.sin(tv * freq), abs=1e-5)
+            assert emb[i, half + k].item() == pytest.approx(math.cos(tv * freq), abs=1e-5)
+
+
+def test_attention_block_matches_explicit_softmax():
+    torch.manual_seed(1)
+    block = AttentionBlock(8, groups=4, heads=2).double()
+    torch.nn.init.normal_(block.proj_out.weight, std=0.3)
+    x = torch.randn(2, 8, 3, 3, dtype=torch.float64)
+    h = block.qkv(block.norm(x)).reshape(2, 3, 2, 4, 9)
+    q, k, v = h[:, 0], h[:, 1], h[:, 2]  # (B, heads, d, HW)
+    w = torch.softmax(torch.einsum("bhdi,bhdj->bhij", q, k) / math.sqrt(4), dim=-1)
+    a = torch.einsum("bhij,bhdj->bhdi", w, v).reshape(2, 8, 3, 3)
+    torch.testing.assert_close(block(x), x + block.proj_out(a))
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (dict(transformer_layers=(5,)), "transformer_layers"),
+        (dict(base_dim=12, norm_groups=8), "norm_groups"),
+        (dict(dim_multiply=()), "dim_multiply"),
+        (dict(embedding_placement="middle"), "embedding_placement"),
+        (dict(dropout=1.5), "dropout"),
+    ],
+)
+def test_invalid_config_fails_at_construction_naming_the_field(overrides, field):
+    with pytest.raises(ConfigError, match=field):
+        tiny_model_config(**overrides)
+
+
+def test_wrong_image_size_is_a_clear_error():
+    model = UNet(tiny_model_config())
+    with pytest.raises(ValueError, match=r"\(B, 1, 8, 8\)"):
+        model(torch.randn(1, 1, 16, 16), torch.tensor([0]))
