@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +90,27 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
     if not found:
         raise CheckpointError(f"No checkpoint in {Path(run_dir) / 'checkpoints'}; train first, or pass --checkpoint FILE.")
     return found[-1]
+
+
+def load_latest_valid(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path]:
+    """The newest checkpoint of a run that loads; broken newer ones are reported and passed over."""
+    found = list_checkpoints(Path(run_dir))
+    if not found:
+        raise CheckpointError(f"No checkpoint in {Path(run_dir) / 'checkpoints'}.")
+    errors = []
+    for path in reversed(found):
+        try:
+            state = load_checkpoint(path, map_location)
+        except CheckpointError as err:
+            errors.append(str(err))
+            warnings.warn(f"{err} Trying the previous checkpoint.", stacklevel=2)
+            continue
+        return state, path
+    raise CheckpointError("No checkpoint of the run loads: " + " | ".join(errors))
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints (keep = 0: delete none)."""
+    if keep > 0:
+        for path in list_checkpoints(Path(run_dir))[:-keep]:
+            path.unlink(missing_ok=True)

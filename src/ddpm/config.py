@@ -13,7 +13,7 @@ from typing import Any
 
 EMBEDDING_PLACEMENTS = ("block_start", "after_conv1")
 SAMPLE_VARIANCES = ("beta", "beta_tilde")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class ConfigError(ValueError):
@@ -107,12 +107,26 @@ class DiffusionConfig:
     # EMA warm-up: the decay used at step s is min(ema_decay, (1 + s) / (10 + s)), so short runs
     # are not dominated by the random initialisation.
     ema_warmup: bool = True
-    precision: str = "auto"  # "auto" (bf16 autocast where the device does it fast), "fp32", "bf16"
+    # "auto" = bf16 autocast where the device does bf16 natively, else fp32; "fp32"; "bf16";
+    # "fp16" (autocast with a gradient scaler, for GPUs without bf16).
+    precision: str = "auto"
+    # Images per process per forward pass; several of them are accumulated into one step of
+    # batch_size images. 0 = batch_size / processes at once (no accumulation).
+    batch_per_device: int = 0
+    activation_checkpointing: bool = False  # recompute ResNet blocks in backward: less memory, ~30% more time
+    compile_model: bool = False  # torch.compile the U-Net (slow first steps, faster after on GPUs)
+    channels_last: bool = False  # NHWC memory layout (often faster for convolutions on GPUs)
     device: str = "auto"  # "auto" = CUDA if available, else CPU; or any torch device string
     seed: int = 0  # seeds data order, timesteps, noise and the initialisation
     out_dir: str | None = None  # run folder; None = runs/<dataset>-<date>-<time>
     log_every_steps: int = 50  # steps between lines of metrics.jsonl
     checkpoint_every_steps: int = 5000  # steps between checkpoints; 0 = only at the end
+    keep_checkpoints: int = 3  # newest checkpoints kept in RUN_DIR/checkpoints; 0 = keep all
+    # Continue the newest valid checkpoint in out_dir (same configs; max_steps and the logging,
+    # checkpoint and sampling intervals may change). False refuses an out_dir that holds checkpoints.
+    resume: bool = False
+    max_nonfinite_steps: int = 20  # consecutive NaN/inf losses (each skipped) before training stops
+    tensorboard: bool = True  # also write TensorBoard event files (needs the tensorboard package)
     sample_every_steps: int = 0  # steps between sample grids; 0 = only at the end
     num_sample_images: int = 64  # images in each fixed-seed sample grid; 0 = no grids
     sample_variance: str = "beta"  # reverse-process variance: "beta" or "beta_tilde" (posterior)
@@ -135,9 +149,14 @@ class DiffusionConfig:
                  "the scaled default needs T >= 21; use more timesteps or give beta_end explicitly.")
         _require(self.max_steps >= 1, f"DiffusionConfig.max_steps={self.max_steps} must be at least 1.")
         for name in ("warmup_steps", "log_every_steps", "checkpoint_every_steps", "sample_every_steps",
-                     "num_sample_images", "num_workers"):
+                     "num_sample_images", "num_workers", "keep_checkpoints", "batch_per_device", "max_nonfinite_steps"):
             v = getattr(self, name)
             _require(isinstance(v, int) and v >= 0, f"DiffusionConfig.{name}={v!r} must be a non-negative integer.")
+        _require(self.batch_per_device == 0 or self.batch_size % self.batch_per_device == 0,
+                 f"DiffusionConfig.batch_per_device={self.batch_per_device} does not divide batch_size="
+                 f"{self.batch_size}; pick a divisor (or 0 for no gradient accumulation).")
+        _require(self.resume is False or self.out_dir is not None,
+                 "DiffusionConfig.resume=True needs out_dir: the run folder whose checkpoints to continue.")
         _require(self.grad_clip >= 0, f"DiffusionConfig.grad_clip={self.grad_clip} must be >= 0 (0 = off).")
         _require(self.weight_decay >= 0, f"DiffusionConfig.weight_decay={self.weight_decay} must be >= 0.")
         _require(0.0 <= self.ema_decay < 1.0, f"DiffusionConfig.ema_decay={self.ema_decay} must lie in [0, 1) (paper: 0.9999).")
@@ -151,6 +170,27 @@ class DiffusionConfig:
         b0 = self.beta_start if self.beta_start is not None else 1e-4 * scale
         b1 = self.beta_end if self.beta_end is not None else 0.02 * scale
         return float(b0), float(b1)
+
+
+# DiffusionConfig fields a resumed run may change; any other difference from the checkpoint's
+# config is an error, because the run would silently stop being the run it claims to continue.
+RESUME_MUTABLE_FIELDS = frozenset({
+    "max_steps", "out_dir", "resume", "data_root", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+    "sample_every_steps", "num_sample_images", "num_workers", "device", "tensorboard", "extra",
+    "batch_per_device", "activation_checkpointing", "compile_model", "channels_last", "max_nonfinite_steps",
+})
+
+
+def resume_mismatches(saved: dict[str, Any], current: dict[str, Any], mutable: frozenset[str] = frozenset()) -> list[str]:
+    """'field: saved -> current' for every field that differs and may not change on resume."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        if key in mutable:
+            continue
+        a, b = saved.get(key), current.get(key)
+        if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
+            out.append(f"{key}: {a!r} -> {b!r}")
+    return out
 
 
 def config_to_dict(config: DiffusionConfig | ModelConfig) -> dict[str, Any]:

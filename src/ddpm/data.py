@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +150,65 @@ def load_dataset(name: str, image_size: int, channels: int, root: str | None = N
         known = sorted(DATASETS) + ["folder:PATH"]
         raise DatasetNotFoundError(f"DiffusionConfig.dataset_name={name!r} is not a known dataset; choose one of {known}.")
     return loader(data_root(root), image_size, channels)
+
+
+class BatchStream:
+    """Batches of dataset indices, forever: the concatenation of per-epoch permutations, cut in batches.
+
+    Epoch e's order is torch.randperm(N) under seed (seed, e), so the whole stream is a function of
+    the seed, and its position is one number: the batches consumed. Resuming from a checkpoint
+    restores that number and continues with exactly the batches an uninterrupted run would see.
+    With several processes, each takes its own slice of every global batch.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        if num_items < 1:
+            raise ValueError("the dataset is empty.")
+        if batch_size % world_size:
+            raise ValueError(f"batch_size={batch_size} must be divisible by the number of processes ({world_size}).")
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.batches_consumed = 0
+        self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._order = epoch, torch.randperm(self.num_items, generator=gen)
+        return self._order
+
+    def next_indices(self) -> torch.Tensor:
+        """This process's indices of the next global batch, as a (batch_size / world_size,) tensor."""
+        start = self.batches_consumed * self.batch_size
+        chunks, pos, need = [], start, self.batch_size
+        while need:
+            epoch, offset = divmod(pos, self.num_items)
+            take = min(need, self.num_items - offset)
+            chunks.append(self._epoch_order(epoch)[offset:offset + take])
+            pos, need = pos + take, need - take
+        self.batches_consumed += 1
+        per_rank = self.batch_size // self.world_size
+        return torch.cat(chunks)[self.rank * per_rank:(self.rank + 1) * per_rank]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while True:
+            yield self.next_indices().tolist()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next batch starts in."""
+        return self.batches_consumed * self.batch_size // self.num_items
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches_consumed": self.batches_consumed, "seed": self.seed, "batch_size": self.batch_size,
+                "num_items": self.num_items}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        for key in ("seed", "batch_size", "num_items"):
+            if state[key] != getattr(self, key):
+                raise ValueError(f"the checkpoint's data stream had {key}={state[key]}, this run has "
+                                 f"{getattr(self, key)}; resume with the same dataset, batch_size and seed.")
+        self.batches_consumed = int(state["batches_consumed"])
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

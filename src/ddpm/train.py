@@ -1,74 +1,69 @@
-"""The training loop behind train_diffusion (DDPM Algorithm 1 with Adam, warm-up, clipping, EMA).
+"""The training loop behind train_diffusion (DDPM Algorithm 1 with AdamW, warm-up, clipping, EMA).
 
-    from ddpm import DiffusionConfig, ModelConfig, train_diffusion
-    run_dir = train_diffusion(DiffusionConfig(dataset_name="digits", max_steps=2000), ModelConfig(...))
-
-or from the shell: `ddpm train --preset demo`.
+One process:
+    ddpm train --preset demo --out runs/demo
+    python -c "from ddpm import *; train_diffusion(DiffusionConfig(max_steps=2000), ModelConfig(...))"
+Several GPUs on one node (batch_size stays the global batch):
+    torchrun --nproc_per_node=8 -m ddpm train --dataset folder:/data/ffhq --preset seed --out runs/ffhq
+Several nodes (run on every node, R = 0 .. N-1):
+    torchrun --nnodes=N --node_rank=R --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \\
+        -m ddpm train ...
+Resume (any world size): add --resume; the newest valid checkpoint in --out is continued.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import re
 import signal
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_save, checkpoint_path
-from .config import DiffusionConfig, ModelConfig, config_to_dict
-from .data import TensorImages, load_dataset, random_flip
-from .images import forward_process_figure, loss_curve_figure, save_grid
+from . import distributed
+from .checkpoint import (
+    atomic_save,
+    checkpoint_path,
+    list_checkpoints,
+    load_latest_valid,
+    prune_checkpoints,
+)
+from .config import (
+    RESUME_MUTABLE_FIELDS,
+    ConfigError,
+    DiffusionConfig,
+    ModelConfig,
+    config_to_dict,
+    resume_mismatches,
+)
+from .data import BatchStream, TensorImages, load_dataset, random_flip
+from .images import forward_process_figure, grid_image, loss_curve_figure, save_grid, to_uint8
 from .losses import diffusion_loss
+from .monitor import Monitor, read_metrics
 from .runtime import autocast, resolve_device, resolve_precision
 from .sampling import sample_images
 from .schedule import NoiseSchedule
 from .unet import UNet, count_parameters
 
-FORWARD_FIGURE_FRACTIONS = (0.0, 0.33, 0.66, 1.0)  # t / T shown in each run's forward.png (seed: 0, 66, 132, 200)
+FORWARD_FIGURE_FRACTIONS = (0.0, 0.33, 0.66, 1.0)  # t / T in each run's forward.png (seed: 0, 66, 132, 200)
+NUM_LOSS_BUCKETS = 4  # the loss is also logged by quarter of the timestep range
 
 
 def default_run_dir(dataset_name: str) -> Path:
     """runs/<dataset>-<YYYYmmdd-HHMMSS>, with the dataset name made filename-safe."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset_name.replace("folder:", "")).strip("_") or "data"
     return Path("runs") / f"{safe[-40:]}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-def infinite_batches(
-    dataset: Dataset, batch_size: int, seed: int, num_workers: int, device: torch.device
-) -> Iterator[torch.Tensor]:
-    """Shuffled batches forever, epoch after epoch, on device; the order depends only on seed."""
-    gen = torch.Generator().manual_seed(seed)
-    if isinstance(dataset, TensorImages):
-        # In-memory data: index one tensor on the device, no DataLoader overhead.
-        images = dataset.images.to(device)
-        order = torch.empty(0, dtype=torch.long)
-        while True:
-            while order.numel() < batch_size:
-                order = torch.cat([order, torch.randperm(len(dataset), generator=gen)])
-            idx, order = order[:batch_size], order[batch_size:]
-            yield images[idx.to(device)]
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=True,
-        generator=gen,
-        drop_last=len(dataset) >= batch_size,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=num_workers > 0,
-    )
-    while True:
-        for batch in loader:
-            yield batch.to(device, non_blocking=True)
 
 
 @torch.no_grad()
@@ -86,12 +81,169 @@ def ema_decay_at(step: int, config: DiffusionConfig) -> float:
     return config.ema_decay
 
 
+class Trainer:
+    """Everything one training process holds: data stream, model, EMA, optimiser, RNG, step.
+
+    train_step() runs one optimiser step of batch_size images (split over processes and, with
+    batch_per_device, over accumulated micro-batches); state_dict() is what a checkpoint stores.
+    """
+
+    def __init__(self, cfg: DiffusionConfig, mcfg: ModelConfig) -> None:
+        self.cfg, self.mcfg = cfg, mcfg
+        # Resolve everything that can fail on bad input before any work.
+        self.dataset = load_dataset(cfg.dataset_name, mcfg.image_size, mcfg.image_channels, cfg.data_root)
+        self.dist, self.device = distributed.setup(resolve_device(cfg.device))
+        if cfg.batch_size % self.dist.world_size:
+            raise ConfigError(f"DiffusionConfig.batch_size={cfg.batch_size} must be divisible by the number of "
+                              f"processes ({self.dist.world_size}); it is the global batch.")
+        per_process = cfg.batch_size // self.dist.world_size
+        self.micro_batch = cfg.batch_per_device or per_process
+        if per_process % self.micro_batch:
+            raise ConfigError(f"DiffusionConfig.batch_per_device={cfg.batch_per_device} must divide the "
+                              f"{per_process} images each of {self.dist.world_size} processes takes per step.")
+        self.accumulation = per_process // self.micro_batch
+        self.amp_dtype = torch.float16 if cfg.precision == "fp16" else resolve_precision(cfg.precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.schedule = NoiseSchedule.from_config(cfg).to(self.device)
+
+        torch.manual_seed(cfg.seed)  # the same initial weights on every process
+        self.model = UNet(mcfg).to(self.device)
+        self.model.gradient_checkpointing = cfg.activation_checkpointing
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = copy.deepcopy(self.model).float().eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
+        net: nn.Module = self.model
+        if self.dist.enabled:
+            net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.net = torch.compile(net) if cfg.compile_model else net
+
+        self.stream = BatchStream(len(self.dataset), cfg.batch_size, cfg.seed, self.dist.rank, self.dist.world_size)
+        # Timesteps, noise and flips: a different stream on every process, reproducible per rank.
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + 1 + self.dist.rank)
+        self.step = 0
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = 0
+        self._batches = None
+
+    # Data ----------------------------------------------------------------------------------------
+
+    def _start_batches(self) -> None:
+        """Batches of this process's share, from the stream's current position, on the device."""
+        if isinstance(self.dataset, TensorImages):
+            images = self.dataset.images.to(self.device)
+            self._batches = (images[idx.to(self.device)] for idx in iter(self.stream.next_indices, None))
+        else:
+            loader = DataLoader(self.dataset, batch_sampler=self.stream, num_workers=self.cfg.num_workers,
+                                pin_memory=self.device.type == "cuda", persistent_workers=self.cfg.num_workers > 0)
+            self._batches = (b.to(self.device, non_blocking=True) for b in loader)
+        self._batches_consumed = self.stream.batches_consumed
+
+    def _next_batch(self) -> torch.Tensor:
+        if self._batches is None:
+            self._start_batches()
+        self._batches_consumed += 1  # counted here: a DataLoader's sampler runs ahead of the loop
+        x = next(self._batches)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    # One step ------------------------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, torch.Tensor | float | bool]:
+        """One optimiser step. Returns device tensors (no host sync) plus grad_norm and finite."""
+        cfg = self.cfg
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_total = torch.zeros((), device=self.device)
+        bucket_sum = torch.zeros(NUM_LOSS_BUCKETS, device=self.device)
+        bucket_count = torch.zeros(NUM_LOSS_BUCKETS, device=self.device)
+        for micro in range(self.accumulation):
+            x0 = self._next_batch()
+            if cfg.use_augmentation:
+                x0 = random_flip(x0, self.generator)
+            sync = micro == self.accumulation - 1 or not self.dist.enabled
+            with contextlib.nullcontext() if sync else self.net.no_sync(), autocast(self.device, self.amp_dtype):
+                loss, per_image, t = diffusion_loss(self.net, self.schedule, x0, self.generator)
+            self.scaler.scale(loss / self.accumulation).backward()
+            loss_total += loss.detach() / self.accumulation
+            bucket = t * NUM_LOSS_BUCKETS // self.schedule.num_timesteps
+            bucket_sum.index_add_(0, bucket, per_image.detach())
+            bucket_count.index_add_(0, bucket, torch.ones_like(per_image))
+
+        self.scaler.unscale_(self.optimizer)
+        clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), clip))  # the step's one host sync
+        finite = math.isfinite(grad_norm)
+        if finite or self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)  # with fp16 the scaler itself skips non-finite steps
+            self.scaler.update()
+        if finite:
+            self.lr_schedule.step()
+            self.step += 1
+            decay = ema_decay_at(self.step, cfg)
+            ema_update(self.ema, self.model, decay)
+            self.nonfinite_in_a_row = 0
+        else:
+            decay = float("nan")
+            self.nonfinite_in_a_row += 1
+            self.nonfinite_total += 1
+        return {"loss": loss_total, "bucket_sum": bucket_sum, "bucket_count": bucket_count,
+                "grad_norm": grad_norm, "ema_decay": decay, "finite": finite}
+
+    # Checkpoint state ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly: weights, optimiser, data position, RNG."""
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.lr_schedule.state_dict(),
+            "grad_scaler": self.scaler.state_dict(),
+            "data": {**self.stream.state_dict(), "batches_consumed": self._consumed()},
+            "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state(),
+                    "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
+            "nonfinite_total": self.nonfinite_total,
+            "world_size": self.dist.world_size,
+            "diffusion_config": config_to_dict(self.cfg),
+            "model_config": config_to_dict(self.mcfg),
+        }
+
+    def _consumed(self) -> int:
+        return self._batches_consumed if self._batches is not None else self.stream.batches_consumed
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint (written by any number of processes)."""
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        if state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
+        self.stream.load_state_dict(state["data"])
+        self._batches = None
+        if state.get("world_size", 1) == self.dist.world_size:
+            # Same number of processes: the random streams continue exactly. Otherwise each rank's
+            # generator keeps its fresh per-rank seed (the data order still continues exactly).
+            torch.set_rng_state(state["rng"]["torch"].cpu())
+            if state["rng"]["generator"] is not None and self.dist.world_size == 1:
+                self.generator.set_state(state["rng"]["generator"].cpu())
+            if state["rng"].get("cuda") is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+        self.step = int(state["step"])
+        self.nonfinite_total = int(state.get("nonfinite_total", 0))
+
+
 class _StopRequest:
     """First SIGINT/SIGTERM asks the loop to checkpoint and stop; a second one exits at once."""
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.requested:  # second signal: leave now (checkpoints are written atomically)
@@ -113,127 +265,228 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
+def _resume_state(run_dir: Path, cfg: DiffusionConfig, mcfg: ModelConfig, trainer: Trainer) -> dict[str, Any] | None:
+    """The checkpoint to continue, after checking that it belongs to this configuration."""
+    if not list_checkpoints(run_dir):
+        if cfg.resume:
+            tqdm.write(f"ddpm: resume: no checkpoint in {run_dir / 'checkpoints'} yet, starting from step 0.")
+        return None
+    if not cfg.resume:
+        raise ConfigError(f"{run_dir} already holds checkpoints ({list_checkpoints(run_dir)[-1].name}); pass "
+                          "resume=True (--resume) to continue that run, or choose another out_dir (--out).")
+    state, path = load_latest_valid(run_dir, map_location=trainer.device)
+    problems = resume_mismatches(state["model_config"], config_to_dict(mcfg))
+    problems += resume_mismatches(state["diffusion_config"], config_to_dict(cfg), RESUME_MUTABLE_FIELDS)
+    if problems:
+        raise ConfigError(f"Cannot resume {path}: its configuration differs in " + "; ".join(problems)
+                          + ". Resume with the run's own settings (see config.json) or train into a new out_dir.")
+    return {**state, "_path": path}
+
+
 def train_diffusion(diff_config: DiffusionConfig, model_config: ModelConfig) -> Path:
     """Train a DDPM as the configs describe and return the run folder.
 
     The run folder (DiffusionConfig.out_dir, else runs/<dataset>-<time>) receives config.json,
-    forward.png, metrics.jsonl, checkpoints/step_*.pt, samples/step_*.png and loss.png.
+    forward.png, metrics.jsonl, tensorboard/, checkpoints/step_*.pt, samples/step_*.png and loss.png.
     Everything that can fail on bad input (dataset, device, configs) fails before training starts.
+    Under torchrun, every process calls this; only rank 0 writes files.
     """
     cfg, mcfg = diff_config, model_config
     if not isinstance(cfg, DiffusionConfig) or not isinstance(mcfg, ModelConfig):
         raise TypeError("train_diffusion(diff_config, model_config) takes a DiffusionConfig and a ModelConfig.")
+    trainer = Trainer(cfg, mcfg)
+    try:
+        return _run(trainer, cfg, mcfg)
+    finally:
+        distributed.teardown()
 
-    # Resolve everything that can fail before any work.
-    dataset = load_dataset(cfg.dataset_name, mcfg.image_size, mcfg.image_channels, cfg.data_root)
-    device = resolve_device(cfg.device)
-    amp_dtype = resolve_precision(cfg.precision, device)
-    schedule = NoiseSchedule.from_config(cfg).to(device)
 
-    torch.manual_seed(cfg.seed)
-    model = UNet(mcfg).to(device)
-    ema = copy.deepcopy(model).float().eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
-
+def _run(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig) -> Path:
+    main = trainer.dist.is_main
     run_dir = Path(cfg.out_dir) if cfg.out_dir else default_run_dir(cfg.dataset_name)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    configs = {"diffusion_config": config_to_dict(cfg), "model_config": config_to_dict(mcfg)}
-    (run_dir / "config.json").write_text(json.dumps(configs, indent=2) + "\n")
-    n_params = count_parameters(model)
-    precision_name = "bf16 autocast" if amp_dtype is not None else "fp32"
-    print(f"ddpm: {len(dataset)} images from {cfg.dataset_name!r} at {mcfg.image_size}x{mcfg.image_size}x"
-          f"{mcfg.image_channels}; U-Net with {n_params:,} parameters; T={schedule.num_timesteps}; "
-          f"{device.type} ({precision_name}); run folder {run_dir}")
+    state = _resume_state(run_dir, cfg, mcfg, trainer)
+    if state is not None:
+        trainer.load_state_dict(state)
+    start = trainer.step
+    schedule = trainer.schedule
 
-    n_fig = min(4, len(dataset))
-    forward_ts = sorted({round(f * schedule.num_timesteps) for f in FORWARD_FIGURE_FRACTIONS})
-    forward_process_figure(torch.stack([dataset[i] for i in range(n_fig)]), schedule.to("cpu"), forward_ts,
-                           run_dir / "forward.png", seed=cfg.seed)
-    schedule.to(device)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        configs = {"diffusion_config": config_to_dict(cfg), "model_config": config_to_dict(mcfg)}
+        (run_dir / "config.json").write_text(json.dumps(configs, indent=2) + "\n")
+        precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[trainer.amp_dtype]
+        procs = f" x {trainer.dist.world_size} processes" if trainer.dist.enabled else ""
+        print(f"ddpm: {len(trainer.dataset)} images from {cfg.dataset_name!r} at {mcfg.image_size}x{mcfg.image_size}x"
+              f"{mcfg.image_channels}; U-Net with {count_parameters(trainer.model):,} parameters; "
+              f"T={schedule.num_timesteps}; {trainer.device.type}{procs} ({precision}); run folder {run_dir}")
+        if state is not None:
+            print(f"ddpm: resuming {state['_path']} at step {start}")
+        if not (run_dir / "forward.png").exists():
+            n_fig = min(4, len(trainer.dataset))
+            forward_ts = sorted({round(f * schedule.num_timesteps) for f in FORWARD_FIGURE_FRACTIONS})
+            forward_process_figure(torch.stack([trainer.dataset[i] for i in range(n_fig)]),
+                                   NoiseSchedule.from_config(cfg), forward_ts, run_dir / "forward.png", seed=cfg.seed)
+    monitor = Monitor(run_dir, cfg.tensorboard, resume_step=start) if main else None
 
-    def save_checkpoint(step: int) -> Path:
-        state = {
-            "step": step,
-            "model": model.state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "lr_schedule": lr_schedule.state_dict(),
-            **configs,
-        }
-        return atomic_save(state, checkpoint_path(run_dir, step))
+    def save_checkpoint() -> Path:
+        state = trainer.state_dict()  # every process reaches this point; only rank 0 writes
+        path = checkpoint_path(run_dir, trainer.step)
+        if main:
+            atomic_save(state, path)
+            prune_checkpoints(run_dir, cfg.keep_checkpoints)
+        distributed.barrier()
+        return path
 
-    def save_samples(step: int) -> Path | None:
-        if cfg.num_sample_images == 0:
+    def save_samples() -> Path | None:
+        if not main or cfg.num_sample_images == 0:
             return None
-        x = sample_images(ema, schedule, cfg.num_sample_images, seed=cfg.seed, variance=cfg.sample_variance,
-                          clip_x0=cfg.clip_x0, batch_size=min(cfg.batch_size, 64), autocast_dtype=amp_dtype)
-        return save_grid(x, run_dir / "samples" / f"step_{step:08d}.png")
+        x = sample_images(trainer.ema, schedule, cfg.num_sample_images, seed=cfg.seed, variance=cfg.sample_variance,
+                          clip_x0=cfg.clip_x0, batch_size=min(cfg.batch_size, 64),
+                          autocast_dtype=trainer.amp_dtype if trainer.amp_dtype == torch.bfloat16 else None)
+        path = save_grid(x, run_dir / "samples" / f"step_{trainer.step:08d}.png")
+        monitor.image(trainer.step, "samples", _rgb(grid_image(to_uint8(x))))
+        return path
 
-    batches = infinite_batches(dataset, cfg.batch_size, cfg.seed, cfg.num_workers, device)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    model.train()
-    metrics = (run_dir / "metrics.jsonl").open("a")
-    loss_sum = torch.zeros((), device=device)  # summed on the device: no host sync every step
-    window_steps, window_start = 0, time.perf_counter()
-    history: list[tuple[int, float]] = []
-    step = 0
-    bar = tqdm(total=cfg.max_steps, desc="training", dynamic_ncols=True)
+    window = _Window(trainer.device)
+    last_saved = start if state is not None else -1
+    bar = tqdm(total=cfg.max_steps, initial=start, desc="training", dynamic_ncols=True, disable=not main)
+    stopped_for = None
     with _StopRequest() as stop:
         try:
-            while step < cfg.max_steps and not stop.requested:
-                x0 = next(batches)
-                if cfg.use_augmentation:
-                    x0 = random_flip(x0, gen)
-                with autocast(device, amp_dtype):
-                    loss, _, _ = diffusion_loss(model, schedule, x0, gen)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-                optimizer.step()
-                lr_schedule.step()
-                step += 1
-                decay = ema_decay_at(step, cfg)
-                ema_update(ema, model, decay)
-                loss_sum += loss.detach()
-                window_steps += 1
+            while trainer.step < cfg.max_steps:
+                if distributed.broadcast_flag(stop.requested, trainer.device):
+                    stopped_for = "signal"
+                    break
+                out = trainer.train_step()
+                if not out["finite"]:
+                    tqdm.write(f"ddpm: non-finite loss/gradients at step {trainer.step + 1}: step skipped "
+                               f"({trainer.nonfinite_in_a_row} in a row, {trainer.nonfinite_total} in all).")
+                    if trainer.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
+                        stopped_for = "nonfinite"
+                        break
+                    continue
+                window.add(out)
                 bar.update(1)
-
+                step = trainer.step
                 if step % max(cfg.log_every_steps, 1) == 0 or step == cfg.max_steps:
-                    elapsed = time.perf_counter() - window_start
-                    row = {
-                        "step": step,
-                        "loss": loss_sum.item() / window_steps,
-                        "lr": lr_schedule.get_last_lr()[0],
-                        "grad_norm": float(grad_norm),
-                        "ema_decay": decay,
-                        "images_per_s": window_steps * cfg.batch_size / max(elapsed, 1e-9),
-                    }
-                    metrics.write(json.dumps(row) + "\n")
-                    metrics.flush()
-                    history.append((step, row["loss"]))
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
-                    loss_sum.zero_()
-                    window_steps, window_start = 0, time.perf_counter()
+                    row = window.flush(cfg.batch_size)
+                    row.update(lr=trainer.lr_schedule.get_last_lr()[0], grad_norm=out["grad_norm"],
+                               ema_decay=out["ema_decay"], nonfinite_steps=trainer.nonfinite_total)
+                    if trainer.device.type == "cuda":
+                        row["peak_memory_gb"] = torch.cuda.max_memory_allocated(trainer.device) / 2**30
+                    if main:
+                        monitor.scalars(step, row)
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
                 if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
-                    save_checkpoint(step)
+                    save_checkpoint()
+                    last_saved = step
                 if cfg.sample_every_steps and step % cfg.sample_every_steps == 0 and step < cfg.max_steps:
-                    save_samples(step)
+                    save_samples()
+                    distributed.barrier()
         finally:
             bar.close()
-            metrics.close()
+            if monitor is not None:
+                monitor.close()
 
-    ckpt = checkpoint_path(run_dir, step)
-    if not ckpt.exists():
-        save_checkpoint(step)
-    print(f"ddpm: checkpoint {ckpt}")
+    if last_saved != trainer.step:
+        save_checkpoint()
+    if stopped_for == "nonfinite":
+        raise FloatingPointError(
+            f"Training stopped: {cfg.max_nonfinite_steps} steps in a row had a non-finite loss or gradient "
+            f"(last good step {trainer.step}, checkpoint {checkpoint_path(run_dir, trainer.step)}). Lower "
+            "learning_rate, keep grad_clip on, or use precision='fp32'; then resume.")
+    if not main:
+        return run_dir
+    print(f"ddpm: checkpoint {checkpoint_path(run_dir, trainer.step)}")
+    history = [(r["step"], r["loss"]) for r in read_metrics(run_dir) if "loss" in r]
     if history:
         print(f"ddpm: loss curve {loss_curve_figure(*zip(*history, strict=True), run_dir / 'loss.png')}")
     print(f"ddpm: forward-process figure {run_dir / 'forward.png'}")
-    if stop.requested:
-        print(f"ddpm: stopped at step {step} of {cfg.max_steps}.")
+    if stopped_for == "signal":
+        print(f"ddpm: stopped at step {trainer.step} of {cfg.max_steps}; continue with resume=True (--resume).")
         return run_dir
-    grid = save_samples(step)
+    grid = save_samples()
     if grid is not None:
         print(f"ddpm: sample grid {grid}")
     return run_dir
+
+
+def _rgb(image: Any) -> np.ndarray:
+    """A PIL grid as an (H, W, 3) array for TensorBoard."""
+    arr = np.asarray(image)
+    return np.repeat(arr[:, :, None], 3, axis=2) if arr.ndim == 2 else arr
+
+
+class _Window:
+    """Sums of the logged quantities since the last log line, kept on the device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss = torch.zeros((), device=self.device)
+        self.bucket_sum = torch.zeros(NUM_LOSS_BUCKETS, device=self.device)
+        self.bucket_count = torch.zeros(NUM_LOSS_BUCKETS, device=self.device)
+        self.steps, self.start = 0, time.perf_counter()
+
+    def add(self, out: dict[str, Any]) -> None:
+        self.loss += out["loss"]
+        self.bucket_sum += out["bucket_sum"]
+        self.bucket_count += out["bucket_count"]
+        self.steps += 1
+
+    def flush(self, batch_size: int) -> dict[str, float]:
+        """The window's means, averaged over processes, then a new window."""
+        loss = distributed.all_reduce_mean(self.loss).item() / max(self.steps, 1)
+        sums = distributed.all_reduce_sum(self.bucket_sum).tolist()
+        counts = distributed.all_reduce_sum(self.bucket_count).tolist()
+        elapsed = time.perf_counter() - self.start
+        row = {"loss": loss, "images_per_s": self.steps * batch_size / max(elapsed, 1e-9)}
+        for q, (s, c) in enumerate(zip(sums, counts, strict=True)):
+            if c > 0:
+                row[f"loss_q{q + 1}"] = s / c  # q1 = t in the first quarter of 0..T-1 (least noise)
+        self._reset()
+        return row
+
+
+def dry_run(cfg: DiffusionConfig, mcfg: ModelConfig, steps: int = 3) -> dict[str, Any]:
+    """Build everything, time a few training steps, and report; writes nothing.
+
+    Returns the resolved configs, parameter count, median seconds per step and peak memory.
+    """
+    trainer = Trainer(cfg, mcfg)
+    try:
+        trainer.train_step()  # warm-up (allocations, autotuning, compilation)
+        times = []
+        if trainer.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(trainer.device)
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            trainer.train_step()
+            if trainer.device.type == "cuda":
+                torch.cuda.synchronize(trainer.device)
+            times.append(time.perf_counter() - t0)
+        times.sort()
+        report = {
+            "diffusion_config": config_to_dict(cfg),
+            "model_config": config_to_dict(mcfg),
+            "parameters": count_parameters(trainer.model),
+            "device": str(trainer.device),
+            "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[trainer.amp_dtype],
+            "seconds_per_step": times[len(times) // 2],
+            "images_per_s": cfg.batch_size / times[len(times) // 2],
+            "peak_memory_gb": _peak_memory_gb(trainer.device),
+        }
+    finally:
+        distributed.teardown()
+    return report
+
+
+def _peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+

@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
 
@@ -133,6 +134,8 @@ class UNet(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        # Recompute each ResNet block's activations in backward instead of storing them (training only).
+        self.gradient_checkpointing = False
         base, groups, drop = config.base_dim, config.norm_groups, config.dropout
         temb_dim = 4 * base
         levels = len(config.dim_multiply)
@@ -197,26 +200,35 @@ class UNet(nn.Module):
                 f"(image_size = lowest_resolution_size * 2**(levels-1)), got {tuple(x.shape)}."
             )
         temb = F.silu(self.time_mlp(timestep_embedding(t, self.config.base_dim)))
+        res = self._checkpointed if self.gradient_checkpointing and self.training else _call
 
         h = self.conv_in(x)
         skips = [h]
         for stage in self.down:
             for block, attn in zip(stage.blocks, stage.attns, strict=True):
-                h = attn(block(h, temb))
+                h = attn(res(block, h, temb))
                 skips.append(h)
             if stage.resample is not None:
                 h = stage.resample(h)
                 skips.append(h)
 
-        h = self.mid_block2(self.mid_attn(self.mid_block1(h, temb)), temb)
+        h = res(self.mid_block2, self.mid_attn(res(self.mid_block1, h, temb)), temb)
 
         for stage in self.up:
             for block, attn in zip(stage.blocks, stage.attns, strict=True):
-                h = attn(block(torch.cat([h, skips.pop()], dim=1), temb))
+                h = attn(res(block, torch.cat([h, skips.pop()], dim=1), temb))
             if stage.resample is not None:
                 h = stage.resample(h)
 
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    @staticmethod
+    def _checkpointed(block: nn.Module, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        return checkpoint(block, h, temb, use_reentrant=False)
+
+
+def _call(block: nn.Module, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+    return block(h, temb)
 
 
 def count_parameters(model: nn.Module) -> int:
