@@ -14,7 +14,7 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml constraints.txt
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/ddpm train --preset demo --out $(RUN_DIR)
+	$(BIN)/ddpm train --preset demo --out $(RUN_DIR) --resume
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check src tests train.py $(wildcard benchmarks/*.py)

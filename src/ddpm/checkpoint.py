@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -69,11 +70,47 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def export_ema(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write a checkpoint's EMA weights to safetensors, with the configs in its metadata and beside it.
+
+    The .safetensors file is all `ddpm sample --checkpoint` needs; OUT.json holds the same configs
+    for people and other tools.
+    """
+    from safetensors.torch import save_file
+
+    state = load_checkpoint(checkpoint)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    configs = {"model_config": state["model_config"], "diffusion_config": state["diffusion_config"], "step": state["step"]}
+    metadata = {key: json.dumps(value) for key, value in configs.items()}
+    save_file({k: v.contiguous() for k, v in state["ema"].items()}, str(out), metadata=metadata)
+    out.with_suffix(".json").write_text(json.dumps(configs, indent=2) + "\n")
+    return out
+
+
+def _load_safetensors(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+            meta = f.metadata() or {}
+            ema = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no items())
+    except Exception as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err}).") from None
+    if "model_config" not in meta:
+        raise CheckpointError(f"{path} has no model_config in its metadata; export it with `ddpm export`.")
+    return {"ema": ema, **{k: json.loads(v) for k, v in meta.items()}}
+
+
 def model_from_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[UNet, DiffusionConfig, ModelConfig, int]:
-    """The EMA model (eval mode), its configs and its training step, from a checkpoint file."""
-    state = load_checkpoint(path, map_location)
+    """The EMA model (eval mode), its configs and its training step, from a checkpoint or an export."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        state = _load_safetensors(path, map_location)
+    else:
+        state = load_checkpoint(path, map_location)
     model_config = config_from_dict(ModelConfig, state["model_config"])
     diffusion_config = config_from_dict(DiffusionConfig, state["diffusion_config"])
     model = UNet(model_config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import json
 import re
 import sys
 from pathlib import Path
@@ -17,6 +18,9 @@ EPILOG = """examples:
   ddpm train --dataset folder:~/images --preset seed --max-steps 100000
   ddpm sample --run runs/demo --num-images 64 --out grid.png --npz samples.npz
   ddpm noise --dataset digits --timesteps 0,66,132,200 --out forward.png
+  ddpm train --preset demo --out runs/demo --resume --max-steps 8000   # continue a run
+  ddpm export --run runs/demo --out demo.safetensors
+  tensorboard --logdir runs/demo                    # watch a run (pip install tensorboard)
 """
 
 
@@ -81,7 +85,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import train_diffusion
 
     diff_config, model_config = _configs_from_args(args)
+    if args.dry_run:
+        from .train import dry_run
+
+        print(json.dumps(dry_run(diff_config, model_config), indent=2))
+        return 0
     train_diffusion(diff_config, model_config)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoint import export_ema, latest_checkpoint
+
+    path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(args.run)
+    out = export_ema(path, args.out)
+    print(f"ddpm: EMA weights of {path} -> {out} (configs in its metadata and in {out.with_suffix('.json')})")
     return 0
 
 
@@ -133,11 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The `ddpm` argument parser with its subcommands."""
     parser = argparse.ArgumentParser(
         prog="ddpm",
-        description="Denoising Diffusion Probabilistic Models (Ho et al., 2020): train, sample, and show the forward process.",
+        description="Denoising Diffusion Probabilistic Models (Ho et al., 2020): train, sample, export, and show the forward process.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,noise}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,export,noise}")
 
     p = sub.add_parser("train", help="train a model; writes a run folder (config, checkpoints, metrics, samples)",
                        description="Train a DDPM. Every DiffusionConfig and ModelConfig field is a flag; a preset "
@@ -147,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "~10 min on 2 CPU cores) or 'seed' (the seed's 128x128 FFHQ model)")
     p.add_argument("--dataset", dest="dataset_name", help="alias of --dataset-name")
     p.add_argument("--out", dest="out_dir", help="alias of --out-dir")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config, parameter count, and the "
+                   "measured seconds per step and peak memory of a few steps; write nothing and exit")
     _add_config_arguments(p, DiffusionConfig, skip={"extra"})
     _add_config_arguments(p, ModelConfig, skip=set())
     p.set_defaults(func=cmd_train)
@@ -156,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(seed, i), so a seed reproduces a grid whatever the batch size.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="run folder: its newest checkpoint is used")
-    src.add_argument("--checkpoint", help="checkpoint file (RUN_DIR/checkpoints/step_*.pt)")
+    src.add_argument("--checkpoint", help="checkpoint file (RUN_DIR/checkpoints/step_*.pt) or an exported .safetensors")
     p.add_argument("--num-images", type=int, default=64, help="how many images (default: 64)")
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm",
                    help="ddpm: ancestral sampling over all T steps (Algorithm 2); ddim: --sample-steps steps")
@@ -173,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="grid PNG path (default: RUN_DIR/samples/sample_seed<S>.png)")
     p.add_argument("--npz", help="also save the images as .npz (arr_0: uint8 N,H,W,C), the guided-diffusion convention")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("export", help="export a checkpoint's EMA weights to .safetensors (configs included)",
+                       description="Write the EMA weights of a checkpoint to a .safetensors file (configs in its "
+                       "metadata, and in a .json beside it), for sharing and for `ddpm sample --checkpoint`.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="run folder: its newest checkpoint is exported")
+    src.add_argument("--checkpoint", help="checkpoint file (RUN_DIR/checkpoints/step_*.pt)")
+    p.add_argument("--out", required=True, help="output .safetensors path")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("noise", help="figure of images noised by the forward process at several t",
                        description="Draw x_t ~ q(x_t | x_0) for a few dataset images at the given timesteps "

@@ -13,6 +13,8 @@ def diffusion_loss(
     schedule: NoiseSchedule,
     x0: torch.Tensor,
     generator: torch.Generator | None = None,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Noise-prediction MSE with t drawn uniformly and independently for every image.
 
@@ -21,11 +23,14 @@ def diffusion_loss(
         schedule: the forward process.
         x0: (B, C, H, W) clean images in [-1, 1].
         generator: source of t and the noise, on x0's device.
+        t, noise: (B,) timesteps and noise like x0, drawn by the caller; None = draw them here.
     Returns:
         (loss, per_image_loss (B,), t (B,)): loss is the batch mean, in float32.
     """
-    t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
-    noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+    if t is None:
+        t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
+    if noise is None:
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
     x_t = schedule.q_sample(x0, t, noise)
     per_image = (model(x_t, t).float() - noise).pow(2).mean(dim=(1, 2, 3))
     return per_image.mean(), per_image, t

@@ -160,16 +160,21 @@ class Trainer:
         loss_total = torch.zeros((), device=self.device)
         bucket_sum = torch.zeros(NUM_LOSS_BUCKETS, device=self.device)
         bucket_count = torch.zeros(NUM_LOSS_BUCKETS, device=self.device)
-        for micro in range(self.accumulation):
-            x0 = self._next_batch()
-            if cfg.use_augmentation:
-                x0 = random_flip(x0, self.generator)
+        # This process's share of the batch, and all its random draws, are taken at once, so that
+        # splitting it into accumulated micro-batches changes nothing but memory.
+        x0 = self._next_batch()
+        if cfg.use_augmentation:
+            x0 = random_flip(x0, self.generator)
+        t = torch.randint(0, self.schedule.num_timesteps, (x0.shape[0],), device=self.device, generator=self.generator)
+        noise = torch.randn(x0.shape, device=self.device, dtype=x0.dtype, generator=self.generator)
+        chunks = zip(x0.split(self.micro_batch), t.split(self.micro_batch), noise.split(self.micro_batch), strict=True)
+        for micro, (x0_m, t_m, noise_m) in enumerate(chunks):
             sync = micro == self.accumulation - 1 or not self.dist.enabled
             with contextlib.nullcontext() if sync else self.net.no_sync(), autocast(self.device, self.amp_dtype):
-                loss, per_image, t = diffusion_loss(self.net, self.schedule, x0, self.generator)
+                loss, per_image, _ = diffusion_loss(self.net, self.schedule, x0_m, t=t_m, noise=noise_m)
             self.scaler.scale(loss / self.accumulation).backward()
             loss_total += loss.detach() / self.accumulation
-            bucket = t * NUM_LOSS_BUCKETS // self.schedule.num_timesteps
+            bucket = t_m * NUM_LOSS_BUCKETS // self.schedule.num_timesteps
             bucket_sum.index_add_(0, bucket, per_image.detach())
             bucket_count.index_add_(0, bucket, torch.ones_like(per_image))
 

@@ -1,0 +1,191 @@
+"""Runs that survive: resume on the same trajectory, SIGKILL, broken checkpoints, NaNs, logs, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import tiny_diffusion_config, tiny_model_config
+
+from ddpm import train_diffusion
+from ddpm.checkpoint import list_checkpoints, load_checkpoint, model_from_checkpoint
+from ddpm.config import ConfigError
+from ddpm.monitor import read_metrics
+from ddpm.train import Trainer, dry_run
+from ddpm.unet import UNet
+
+
+def _cfg(tmp_path, **kw):
+    # Dropout and flips on, so that resuming must restore the global RNG and the generator too.
+    values = dict(max_steps=8, checkpoint_every_steps=0, num_sample_images=0, use_augmentation=True, tensorboard=False)
+    values.update(kw)
+    return tiny_diffusion_config(tmp_path, **values)
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k}"
+    for i, sa in a["optimizer"]["state"].items():
+        for k in sa:
+            assert torch.equal(sa[k], b["optimizer"]["state"][i][k]), f"optimizer.{i}.{k}"
+
+
+def test_resume_continues_the_exact_trajectory(tmp_path):
+    mcfg = tiny_model_config(dropout=0.1)
+    whole = train_diffusion(_cfg(tmp_path / "whole"), mcfg)
+    half = train_diffusion(_cfg(tmp_path / "split", max_steps=4), mcfg)
+    assert [p.name for p in list_checkpoints(half)] == ["step_00000004.pt"]
+    split = train_diffusion(_cfg(tmp_path / "split", max_steps=8, resume=True), mcfg)
+    a = load_checkpoint(whole / "checkpoints" / "step_00000008.pt")
+    b = load_checkpoint(split / "checkpoints" / "step_00000008.pt")
+    assert a["step"] == b["step"] == 8 and a["data"]["batches_consumed"] == b["data"]["batches_consumed"] == 8
+    _assert_same_state(a, b)  # bit-for-bit on CPU in fp32
+    steps = [r["step"] for r in read_metrics(split)]
+    assert steps == sorted(set(steps)) and steps[-1] == 8
+
+
+def test_run_folder_with_checkpoints_is_not_overwritten_without_resume(tmp_path):
+    train_diffusion(_cfg(tmp_path, max_steps=2), tiny_model_config())
+    with pytest.raises(ConfigError, match="resume=True"):
+        train_diffusion(_cfg(tmp_path, max_steps=4), tiny_model_config())
+
+
+def test_resume_with_another_configuration_names_the_difference(tmp_path):
+    train_diffusion(_cfg(tmp_path, max_steps=2), tiny_model_config())
+    with pytest.raises(ConfigError, match="base_dim: 8 -> 16"):
+        train_diffusion(_cfg(tmp_path, max_steps=4, resume=True), tiny_model_config(base_dim=16))
+    with pytest.raises(ConfigError, match="learning_rate"):
+        train_diffusion(_cfg(tmp_path, max_steps=4, resume=True, learning_rate=1e-5), tiny_model_config())
+
+
+def test_broken_newest_checkpoint_falls_back_to_the_previous(tmp_path):
+    run = train_diffusion(_cfg(tmp_path, max_steps=6, checkpoint_every_steps=3), tiny_model_config())
+    newest = run / "checkpoints" / "step_00000006.pt"
+    newest.write_bytes(newest.read_bytes()[:500])
+    with pytest.warns(UserWarning, match="step_00000006.pt"):
+        train_diffusion(_cfg(tmp_path, max_steps=6, checkpoint_every_steps=3, resume=True), tiny_model_config())
+    assert load_checkpoint(newest)["step"] == 6  # redone from step 3 and written whole
+
+
+def test_keep_last_n_checkpoints(tmp_path):
+    run = train_diffusion(_cfg(tmp_path, max_steps=10, checkpoint_every_steps=2, keep_checkpoints=2), tiny_model_config())
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000008.pt", "step_00000010.pt"]
+
+
+def test_nonfinite_losses_are_skipped_then_stop_with_intact_checkpoint(tmp_path, monkeypatch):
+    import ddpm.train as train_module
+
+    real = train_module.diffusion_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):  # from the 4th call on, the loss is NaN
+        calls["n"] += 1
+        loss, per_image, t = real(*args, **kwargs)
+        if calls["n"] > 3:
+            loss = loss * float("nan")
+        return loss, per_image, t
+
+    monkeypatch.setattr(train_module, "diffusion_loss", poisoned)
+    with pytest.raises(FloatingPointError, match="5 steps in a row"):
+        train_diffusion(_cfg(tmp_path, max_steps=50, max_nonfinite_steps=5, log_every_steps=1), tiny_model_config())
+    ckpts = list_checkpoints(tmp_path / "run")
+    state = load_checkpoint(ckpts[-1])
+    assert state["step"] == 3 and state["nonfinite_total"] == 5
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_metrics_and_tensorboard_events(tmp_path):
+    pytest.importorskip("tensorboard", reason="TensorBoard is an optional extra (installed by `make test`)")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = train_diffusion(_cfg(tmp_path, max_steps=6, log_every_steps=2, tensorboard=True, sample_every_steps=3,
+                               num_sample_images=2), tiny_model_config())
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    assert {"loss", "grad_norm", "lr", "ema_decay", "images_per_s"} <= set(rows[0])
+    assert any(k.startswith("loss_q") for k in rows[0])
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss")] == [2, 4, 6]
+    assert [e.step for e in acc.Images("samples")] == [3, 6]
+    assert (run / "samples" / "step_00000003.png").is_file()
+
+
+def test_gradient_accumulation_equals_the_full_batch(tmp_path):
+    full = Trainer(_cfg(tmp_path, use_augmentation=False), tiny_model_config())
+    accum = Trainer(_cfg(tmp_path, use_augmentation=False, batch_per_device=4), tiny_model_config())
+    assert accum.accumulation == 4
+    full.train_step()
+    accum.train_step()
+    for (name, a), b in zip(full.model.named_parameters(), accum.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = UNet(tiny_model_config())
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 9])
+    grads = []
+    for flag in (False, True):
+        model.zero_grad()
+        model.gradient_checkpointing = flag
+        model(x, t).square().sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_dry_run_measures_and_writes_nothing(tmp_path):
+    report = dry_run(_cfg(tmp_path), tiny_model_config(), steps=2)
+    assert report["parameters"] == sum(p.numel() for p in UNet(tiny_model_config()).parameters())
+    assert report["seconds_per_step"] > 0 and report["peak_memory_gb"] > 0
+    assert not (tmp_path / "run").exists()
+
+
+def test_export_to_safetensors_and_sample_from_it(tmp_path):
+    run = train_diffusion(_cfg(tmp_path, max_steps=3), tiny_model_config())
+    r = subprocess.run([sys.executable, "-m", "ddpm", "export", "--run", str(run), "--out", str(tmp_path / "m.safetensors")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    model, dcfg, mcfg, step = model_from_checkpoint(tmp_path / "m.safetensors")
+    ref, *_ = model_from_checkpoint(list_checkpoints(run)[-1])
+    assert step == 3 and mcfg == tiny_model_config() and dcfg.timesteps_diff == 40
+    for a, b in zip(model.state_dict().values(), ref.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert json.loads((tmp_path / "m.json").read_text())["step"] == 3
+    r = subprocess.run([sys.executable, "-m", "ddpm", "sample", "--checkpoint", str(tmp_path / "m.safetensors"),
+                        "--num-images", "2", "--out", str(tmp_path / "g.png")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_sigkill_mid_run_then_resume(tmp_path):
+    from test_cli import TINY
+
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "ddpm", "train", *TINY, "--out", str(run), "--checkpoint-every-steps", "3",
+            "--log-every-steps", "1", "--num-sample-images", "0", "--no-tensorboard"]
+    proc = subprocess.Popen([*args, "--max-steps", "1000000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list_checkpoints(run)) < 2:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    ckpts = list_checkpoints(run)
+    assert len(ckpts) >= 2
+    last = load_checkpoint(ckpts[-1])["step"]  # every listed checkpoint is whole (atomic rename)
+    target = last + 4
+    r = subprocess.run([*args, "--max-steps", str(target), "--resume"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming {ckpts[-1]} at step {last}" in r.stdout
+    assert load_checkpoint(list_checkpoints(run)[-1])["step"] == target
+    steps = [row["step"] for row in read_metrics(run)]
+    assert steps == list(range(1, target + 1))  # rows the killed run logged past its checkpoint were dropped
