@@ -390,9 +390,17 @@ def _run(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig) -> Path:
                     distributed.barrier()
         finally:
             bar.close()
-            if monitor is not None:
-                monitor.close()
+    try:
+        return _finish(trainer, run_dir, stopped_for, last_saved, save_checkpoint, save_samples)
+    finally:
+        if monitor is not None:
+            monitor.close()
 
+
+def _finish(trainer: Trainer, run_dir: Path, stopped_for: str | None, last_saved: int,
+            save_checkpoint: Any, save_samples: Any) -> Path:
+    """Final checkpoint, loss curve and sample grid; the reason training stopped, if not max_steps."""
+    cfg = trainer.cfg
     if last_saved != trainer.step:
         save_checkpoint()
     if stopped_for == "nonfinite":
@@ -400,7 +408,7 @@ def _run(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig) -> Path:
             f"Training stopped: {cfg.max_nonfinite_steps} steps in a row had a non-finite loss or gradient "
             f"(last good step {trainer.step}, checkpoint {checkpoint_path(run_dir, trainer.step)}). Lower "
             "learning_rate, keep grad_clip on, or use precision='fp32'; then resume.")
-    if not main:
+    if not trainer.dist.is_main:
         return run_dir
     print(f"ddpm: checkpoint {checkpoint_path(run_dir, trainer.step)}")
     history = [(r["step"], r["loss"]) for r in read_metrics(run_dir) if "loss" in r]
