@@ -104,6 +104,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from . import distributed
     from .checkpoint import latest_checkpoint, model_from_checkpoint
     from .images import save_grid, save_npz
     from .runtime import resolve_device, resolve_precision
@@ -111,17 +112,29 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .schedule import NoiseSchedule
 
     path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(args.run)
-    device = resolve_device(args.device)
-    model, diff_config, _, step = model_from_checkpoint(path, device)
-    schedule = NoiseSchedule.from_config(diff_config).to(device)
-    seed = args.seed
-    variance = args.variance or diff_config.sample_variance
-    clip = diff_config.clip_x0 if args.clip_x0 is None else args.clip_x0
-    print(f"ddpm: {args.num_images} images from {path} (step {step}) with {args.sampler}"
-          + (f", {args.sample_steps} steps" if args.sampler == "ddim" else f", {schedule.num_timesteps} steps"))
-    x = sample_images(model, schedule, args.num_images, seed=seed, sampler=args.sampler, num_steps=args.sample_steps,
-                      variance=variance, clip_x0=clip, eta=args.eta, batch_size=args.batch_size,
-                      autocast_dtype=resolve_precision(args.precision, device), progress=True)
+    info, device = distributed.setup(resolve_device(args.device))
+    try:
+        model, diff_config, _, step = model_from_checkpoint(path, device)
+        schedule = NoiseSchedule.from_config(diff_config).to(device)
+        seed = args.seed
+        variance = args.variance or diff_config.sample_variance
+        clip = diff_config.clip_x0 if args.clip_x0 is None else args.clip_x0
+        if info.is_main:
+            print(f"ddpm: {args.num_images} images from {path} (step {step}) with {args.sampler}, "
+                  f"{args.sample_steps if args.sampler == 'ddim' else schedule.num_timesteps} steps"
+                  + (f", {info.world_size} processes" if info.enabled else ""))
+        # Each process makes a contiguous share; image i depends only on (seed, i), so the result
+        # equals the single-process one.
+        share = distributed.shard(args.num_images, info)
+        x = sample_images(model, schedule, args.num_images, seed=seed, sampler=args.sampler,
+                          num_steps=args.sample_steps, variance=variance, clip_x0=clip, eta=args.eta,
+                          batch_size=args.batch_size, autocast_dtype=resolve_precision(args.precision, device),
+                          progress=info.is_main, indices=share)
+        x = distributed.gather_to_main(x)
+    finally:
+        distributed.teardown()
+    if not info.is_main:
+        return 0
     out = Path(args.out) if args.out else (path.parent.parent / "samples" / f"sample_seed{seed}.png")
     print(f"ddpm: sample grid {save_grid(x, out)}")
     if args.npz:
@@ -175,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate images with the EMA weights of a checkpoint. Image i depends only on "
                        "(seed, i), so a seed reproduces a grid whatever the batch size.")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", help="run folder: its newest checkpoint is used")
+    src.add_argument("--run", "--run-dir", dest="run", help="run folder: its newest checkpoint is used (under torchrun, "
+                     "spell it --run-dir: torchrun takes --run for its own --run-path)")
     src.add_argument("--checkpoint", help="checkpoint file (RUN_DIR/checkpoints/step_*.pt) or an exported .safetensors")
     p.add_argument("--num-images", type=int, default=64, help="how many images (default: 64)")
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm",

@@ -213,5 +213,9 @@ class BatchStream:
 
 def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Flip each image of a (B, C, H, W) batch horizontally with probability 1/2."""
-    flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
+    return apply_flip(x, torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5)
+
+
+def apply_flip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Flip the images of a (B, C, H, W) batch horizontally where the (B,) bool mask is True."""
     return torch.where(flip[:, None, None, None], x.flip(-1), x)

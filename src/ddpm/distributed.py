@@ -90,3 +90,19 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1 if flag else 0], device=device)
     dist.broadcast(t, src=0)
     return bool(t.item())
+
+
+def shard(n: int, info: DistInfo) -> range:
+    """This process's contiguous share of items 0 .. n-1 (shares differ in size by at most one)."""
+    per, extra = divmod(n, info.world_size)
+    start = info.rank * per + min(info.rank, extra)
+    return range(start, start + per + (1 if info.rank < extra else 0))
+
+
+def gather_to_main(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate every process's CPU tensor in rank order on rank 0 (x itself in one process)."""
+    if not dist.is_initialized():
+        return x
+    parts: list[torch.Tensor | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, x.cpu())
+    return torch.cat(parts) if dist.get_rank() == 0 else x

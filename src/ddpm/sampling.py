@@ -132,6 +132,7 @@ def sample_images(
     batch_size: int = 64,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
+    indices: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Generate num_images images in batches; image i depends only on (seed, i).
 
@@ -139,8 +140,9 @@ def sample_images(
         model: a UNet (its config gives the image shape); runs on its own device.
         sampler: "ddpm" (Algorithm 2, all T steps) or "ddim" (num_steps steps, eta).
         autocast_dtype: run the network under autocast to this dtype (e.g. torch.bfloat16).
+        indices: which images of the run to make (default 0 .. num_images-1), e.g. one process's share.
     Returns:
-        (num_images, C, S, S) float32 images on the CPU, in [-1, 1].
+        (len(indices), C, S, S) float32 images on the CPU, in [-1, 1].
     """
     if sampler not in ("ddpm", "ddim"):
         raise ValueError(f"sampler={sampler!r}; choose 'ddpm' or 'ddim'.")
@@ -159,8 +161,9 @@ def sample_images(
     model.eval()
     out = []
     try:
-        for start in tqdm(range(0, num_images, batch_size), desc="batches", disable=not progress or num_images <= batch_size):
-            idx = list(range(start, min(start + batch_size, num_images)))
+        wanted = list(range(num_images)) if indices is None else list(indices)
+        for start in tqdm(range(0, len(wanted), batch_size), desc="batches", disable=not progress or len(wanted) <= batch_size):
+            idx = wanted[start:start + batch_size]
             gens = image_generators(seed, idx, device)
             x_T = randn((len(idx), *shape), gens, device)
             if sampler == "ddpm":
@@ -170,4 +173,4 @@ def sample_images(
             out.append(x.cpu())
     finally:
         model.train(was_training)
-    return torch.cat(out)[:num_images] if out else torch.empty(0, *shape)
+    return torch.cat(out) if out else torch.empty(0, *shape)

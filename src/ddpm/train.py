@@ -47,7 +47,7 @@ from .config import (
     config_to_dict,
     resume_mismatches,
 )
-from .data import BatchStream, TensorImages, load_dataset, random_flip
+from .data import BatchStream, TensorImages, apply_flip, load_dataset
 from .images import forward_process_figure, grid_image, loss_curve_figure, save_grid, to_uint8
 from .losses import diffusion_loss
 from .monitor import Monitor, read_metrics
@@ -121,8 +121,11 @@ class Trainer:
         self.net = torch.compile(net) if cfg.compile_model else net
 
         self.stream = BatchStream(len(self.dataset), cfg.batch_size, cfg.seed, self.dist.rank, self.dist.world_size)
-        # Timesteps, noise and flips: a different stream on every process, reproducible per rank.
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + 1 + self.dist.rank)
+        # Timesteps, noise and flips are drawn for the whole global batch from one generator seeded
+        # alike on every process, and each process keeps its slice: so N processes take exactly the
+        # step one process would, and a run resumes exactly under any world size.
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + 1)
+        self._reseed_dropout(0)
         self.step = 0
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
@@ -163,10 +166,12 @@ class Trainer:
         # This process's share of the batch, and all its random draws, are taken at once, so that
         # splitting it into accumulated micro-batches changes nothing but memory.
         x0 = self._next_batch()
+        mine = slice(self.dist.rank * x0.shape[0], (self.dist.rank + 1) * x0.shape[0])
+        B, g = cfg.batch_size, self.generator
         if cfg.use_augmentation:
-            x0 = random_flip(x0, self.generator)
-        t = torch.randint(0, self.schedule.num_timesteps, (x0.shape[0],), device=self.device, generator=self.generator)
-        noise = torch.randn(x0.shape, device=self.device, dtype=x0.dtype, generator=self.generator)
+            x0 = apply_flip(x0, (torch.rand(B, device=self.device, generator=g) < 0.5)[mine])
+        t = torch.randint(0, self.schedule.num_timesteps, (B,), device=self.device, generator=g)[mine]
+        noise = torch.randn((B, *x0.shape[1:]), device=self.device, dtype=x0.dtype, generator=g)[mine]
         chunks = zip(x0.split(self.micro_batch), t.split(self.micro_batch), noise.split(self.micro_batch), strict=True)
         for micro, (x0_m, t_m, noise_m) in enumerate(chunks):
             sync = micro == self.accumulation - 1 or not self.dist.enabled
@@ -218,6 +223,11 @@ class Trainer:
             "model_config": config_to_dict(self.mcfg),
         }
 
+    def _reseed_dropout(self, step: int) -> None:
+        """Give each process its own dropout masks (the global RNG), reproducibly from (seed, rank, step)."""
+        if self.dist.enabled:
+            torch.manual_seed(self.cfg.seed * 1000 + 7919 * step + 17 + self.dist.rank)
+
     def _consumed(self) -> int:
         return self._batches_consumed if self._batches is not None else self.stream.batches_consumed
 
@@ -231,15 +241,15 @@ class Trainer:
             self.scaler.load_state_dict(state["grad_scaler"])
         self.stream.load_state_dict(state["data"])
         self._batches = None
-        if state.get("world_size", 1) == self.dist.world_size:
-            # Same number of processes: the random streams continue exactly. Otherwise each rank's
-            # generator keeps its fresh per-rank seed (the data order still continues exactly).
+        self.generator.set_state(state["rng"]["generator"].to("cpu"))
+        self.step = int(state["step"])
+        if self.dist.world_size == 1 and state.get("world_size", 1) == 1:
+            # Dropout masks come from the global RNG; one process continues its own stream exactly.
             torch.set_rng_state(state["rng"]["torch"].cpu())
-            if state["rng"]["generator"] is not None and self.dist.world_size == 1:
-                self.generator.set_state(state["rng"]["generator"].cpu())
             if state["rng"].get("cuda") is not None and self.device.type == "cuda":
                 torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
-        self.step = int(state["step"])
+        else:
+            self._reseed_dropout(self.step)
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
 
 
