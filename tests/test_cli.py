@@ -46,9 +46,12 @@ def test_train_sample_noise_end_to_end(tmp_path):
               "--batch-size", "4", "--out", str(tmp_path / "g2.png"), "--npz", str(tmp_path / "s2.npz"))
     assert r2.returncode == 0, r2.stderr
     np.testing.assert_array_equal(np.load(tmp_path / "s2.npz")["arr_0"], arr)
-    r3 = ddpm("sample", "--run", str(run), "--sampler", "ddim", "--sample-steps", "5", "--num-images", "2",
-              "--out", str(tmp_path / "g3.png"))
+    r3 = ddpm("sample", "--run", str(run), "--sampler", "ddim", "--sample-steps", "5", "--num-images", "3",
+              "--out", str(tmp_path / "g3.png"), "--png-dir", str(tmp_path / "pngs"), "--trajectory",
+              str(tmp_path / "traj.png"))
     assert r3.returncode == 0, r3.stderr
+    assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == ["000000.png", "000001.png", "000002.png"]
+    assert Image.open(tmp_path / "traj.png").size[0] > 200
 
     r = ddpm("noise", "--dataset", "digits", "--timesteps", "0,66,132,200", "--out", str(tmp_path / "fwd.png"))
     assert r.returncode == 0, r.stderr
@@ -64,7 +67,7 @@ def test_bad_cli_input_is_one_clear_line(tmp_path):
 
 
 def test_help_is_the_manual():
-    for sub in ([], ["train"], ["sample"], ["noise"]):
+    for sub in ([], ["train"], ["sample"], ["noise"], ["export"], ["eval"]):
         r = ddpm(*sub, "--help")
         assert r.returncode == 0
     r = ddpm("train", "--help")

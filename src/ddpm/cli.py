@@ -106,7 +106,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from . import distributed
     from .checkpoint import latest_checkpoint, model_from_checkpoint
-    from .images import save_grid, save_npz
+    from .images import save_grid, save_npz, save_png_folder
     from .runtime import resolve_device, resolve_precision
     from .sampling import sample_images
     from .schedule import NoiseSchedule
@@ -136,10 +136,92 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if not info.is_main:
         return 0
     out = Path(args.out) if args.out else (path.parent.parent / "samples" / f"sample_seed{seed}.png")
-    print(f"ddpm: sample grid {save_grid(x, out)}")
+    print(f"ddpm: sample grid {save_grid(x[:args.grid_images], out)}")
     if args.npz:
         print(f"ddpm: samples {save_npz(x, args.npz)} (arr_0: uint8 {tuple(x.shape[i] for i in (0, 2, 3, 1))})")
+    if args.png_dir:
+        print(f"ddpm: {len(x)} PNGs in {save_png_folder(x, args.png_dir)}")
+    if args.trajectory:
+        print(f"ddpm: trajectory figure {_trajectory(model, schedule, args, device)}")
     return 0
+
+
+def _trajectory(model, schedule, args: argparse.Namespace, device) -> Path:
+    """Record x_t and x0_hat of image 0 of the seed at 8 evenly spaced steps, as a figure."""
+    import torch
+
+    from .images import trajectory_figure
+    from .runtime import resolve_precision
+    from .sampling import ddim_sample, ddpm_sample, image_generators, randn
+
+    T = schedule.num_timesteps
+    shown = {round(T - 1 - k * (T - 1) / 7) for k in range(8)}
+    frames = []
+
+    def record(i, x_t, x0):
+        if i in shown or (args.sampler == "ddim" and len(frames) < 8):
+            frames.append((i + 1, x_t[0].cpu(), x0[0].cpu()))
+
+    gens = image_generators(args.seed, [0], device)
+    cfg = model.config
+    x_T = randn((1, cfg.image_channels, cfg.image_size, cfg.image_size), gens, device)
+    dtype = resolve_precision(args.precision, device)
+
+    def net(x, t):
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return model(x, t)
+
+    if args.sampler == "ddpm":
+        ddpm_sample(net, schedule, x_T, gens, variance=args.variance or "beta", callback=record)
+    else:
+        ddim_sample(net, schedule, x_T, gens, num_steps=min(args.sample_steps, 8), eta=args.eta, callback=record)
+    out = Path(args.trajectory)
+    return trajectory_figure(frames, out)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .images import load_images
+    from .metrics import digits_score, inception_status
+
+    samples = load_images(args.samples)
+    report: dict[str, Any] = {"samples": str(args.samples), "num_samples": len(samples), "dataset": args.dataset}
+    if args.dataset.lower() == "digits":
+        score = digits_score(samples)
+        report["digits"] = dataclasses.asdict(score)
+    missing = inception_status()
+    if missing is None:
+        import numpy as np
+
+        from .data import load_dataset
+        from .metrics import (
+            feature_statistics,
+            frechet_distance,
+            inception_features,
+            kernel_distance,
+        )
+
+        ref = load_dataset(args.dataset, samples.shape[-1], samples.shape[1], args.data_root)
+        ref_x = _first_images(ref, args.max_reference)
+        f_ref, f_fake = inception_features(ref_x), inception_features(samples)
+        report["fid"] = frechet_distance(*feature_statistics(f_fake), *feature_statistics(f_ref))
+        report["kid_mean"], report["kid_std"] = kernel_distance(f_fake, f_ref)
+        report["num_reference"] = int(np.shape(f_ref)[0])
+    else:
+        report["fid"] = None
+        report["fid_unavailable"] = missing
+        if args.dataset.lower() != "digits":
+            raise ValueError(missing)
+    print(json.dumps(report, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def _first_images(dataset, limit: int):
+    """The first `limit` images of a dataset as one tensor."""
+    import torch
+
+    return torch.stack([dataset[i] for i in range(min(len(dataset), limit))])
 
 
 def cmd_noise(args: argparse.Namespace) -> int:
@@ -168,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,export,noise}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,export,noise,eval}")
 
     p = sub.add_parser("train", help="train a model; writes a run folder (config, checkpoints, metrics, samples)",
                        description="Train a DDPM. Every DiffusionConfig and ModelConfig field is a flag; a preset "
@@ -206,7 +288,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="network precision (default: auto)")
     p.add_argument("--out", help="grid PNG path (default: RUN_DIR/samples/sample_seed<S>.png)")
     p.add_argument("--npz", help="also save the images as .npz (arr_0: uint8 N,H,W,C), the guided-diffusion convention")
+    p.add_argument("--png-dir", help="also save every image as PNG_DIR/NNNNNN.png")
+    p.add_argument("--grid-images", type=int, default=256, help="at most this many images in the grid (default: 256)")
+    p.add_argument("--trajectory", metavar="PNG", help="also save a figure of x_t and predicted x_0 of image 0 at 8 steps")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("eval", help="sample-quality metrics of a samples file against a dataset",
+                       description="Score samples (.npz with arr_0, or a folder of PNGs). For --dataset digits: "
+                       "FD-digits (Fréchet distance of a project-trained digits classifier's features against all "
+                       "1,797 digits), the classifier's confidence and class coverage. For any dataset: FID and KID "
+                       "with Inception-v3 when torch-fidelity and its weights are on this machine (nothing is "
+                       "downloaded); otherwise a message says what is missing.")
+    p.add_argument("samples", help="samples .npz (arr_0: uint8 N,H,W,C) or folder of PNGs")
+    p.add_argument("--dataset", default="digits", help="reference dataset (default: digits)")
+    p.add_argument("--data-root", default=None, help="folder holding named datasets")
+    p.add_argument("--max-reference", type=int, default=50_000, help="reference images for FID (default: 50000)")
+    p.add_argument("--json", help="also write the report to this file")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="export a checkpoint's EMA weights to .safetensors (configs included)",
                        description="Write the EMA weights of a checkpoint to a .safetensors file (configs in its "

@@ -117,3 +117,62 @@ def loss_curve_figure(steps: Sequence[int], losses: Sequence[float], path: str |
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def save_png_folder(x: torch.Tensor, folder: str | Path, first_index: int = 0) -> Path:
+    """Save each image as FOLDER/NNNNNN.png (numbered from first_index)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(to_uint8(x)):
+        Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).save(folder / f"{first_index + i:06d}.png")
+    return folder
+
+
+def load_images(path: str | Path) -> torch.Tensor:
+    """Images from an .npz (arr_0: uint8 N,H,W,C) or a folder of PNGs, as (N, C, H, W) floats in [-1, 1]."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        with np.load(path) as f:
+            if "arr_0" not in f:
+                raise ValueError(f"{path} has no arr_0; samples .npz files hold arr_0: uint8 (N, H, W, C).")
+            arr = f["arr_0"]
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".png")
+        if not files:
+            raise ValueError(f"{path} holds no .png files.")
+        arr = np.stack([np.asarray(Image.open(p)) for p in files])
+        if arr.ndim == 3:
+            arr = arr[..., None]
+    else:
+        raise ValueError(f"{path} is neither an .npz file nor a folder of PNGs.")
+    if arr.dtype != np.uint8 or arr.ndim != 4:
+        raise ValueError(f"{path}: expected uint8 images of shape (N, H, W, C), got {arr.dtype} {arr.shape}.")
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def trajectory_figure(frames: Sequence[tuple[int, torch.Tensor, torch.Tensor]], path: str | Path) -> Path:
+    """Rows x_t and predicted x_0 of one image at a few t: frames are (paper t, x_t, x0_hat) with (C, H, W)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(frames), figsize=(1.8 * len(frames), 4.0), squeeze=False)
+    for j, (t, x_t, x0) in enumerate(frames):
+        for i, img in enumerate(to_uint8(torch.stack([x_t, x0]))):
+            ax = axes[i][j]
+            ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"t = {t}", fontsize=9)
+        if j == 0:
+            axes[0][0].set_ylabel("x_t")
+            axes[1][0].set_ylabel("predicted x_0")
+    fig.suptitle("Reverse process: x_t and the model's x_0 estimate", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

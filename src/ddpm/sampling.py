@@ -40,6 +40,7 @@ def ddpm_sample(
     variance: str = "beta",
     clip_x0: bool = True,
     progress: bool = False,
+    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2), from x_T down to x_0.
 
@@ -55,6 +56,7 @@ def ddpm_sample(
             found both give similar results.
         clip_x0: clip x0_hat to [-1, 1] at every step (the official implementation does).
         progress: show a progress bar over the T steps.
+        callback: called as callback(t, x_t, x0_hat) at every step (e.g. to record a trajectory).
     Returns:
         (B, C, H, W) float32 samples, roughly in [-1, 1].
     """
@@ -69,6 +71,8 @@ def ddpm_sample(
         x0 = schedule.predict_x0_from_eps(x, t, eps)
         if clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
+        if callback is not None:
+            callback(i, x, x0)
         mean = schedule.q_posterior_mean(x0, x, t)
         if i > 0:
             x = mean + _gather(sigma2, t, x).sqrt() * randn(x.shape, generator, x.device)
@@ -95,6 +99,7 @@ def ddim_sample(
     eta: float = 0.0,
     clip_x0: bool = True,
     progress: bool = False,
+    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """DDIM sampling (Song et al. 2021, Eq. 12) on an evenly respaced subsequence of the T steps.
 
@@ -110,6 +115,8 @@ def ddim_sample(
         if clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
             eps = (x - _gather(schedule.sqrt_alphas_cumprod, t, x) * x0) / _gather(schedule.sqrt_one_minus_alphas_cumprod, t, x)
+        if callback is not None:
+            callback(i, x, x0)
         a_t = float(abar[i])
         a_prev = float(abar[ts[j + 1]]) if j + 1 < len(ts) else 1.0
         sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5

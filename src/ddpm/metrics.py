@@ -1,0 +1,202 @@
+"""Sample-quality metrics: Fréchet distance and KID of features, and a digits metric with no download.
+
+FID/KID proper use Inception-v3 pool features (Heusel et al. 2017; Bińkowski et al. 2018). Their
+weights cannot be downloaded here, so for the built-in digits the project trains its own small
+classifier, deterministically, and reports the Fréchet distance of its features ("FD-digits"),
+plus the classifier's confidence and class coverage of the samples.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CLASSIFIER_SIZE = 16  # the digits classifier sees every image resized to 16x16 grayscale
+INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's file name
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64.
+
+    d^2 = |mu1 - mu2|^2 + Tr(sigma1 + sigma2 - 2 (sigma1^1/2 sigma2 sigma1^1/2)^1/2), using symmetric
+    eigendecompositions (stable for the near-singular covariances of few samples).
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    w, v = np.linalg.eigh((s1 + s1.T) / 2)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = root1 @ s2 @ root1
+    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt)
+
+
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (N - 1 normalised) of (N, D) features, in float64."""
+    f = np.asarray(features, np.float64)
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def kernel_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 10, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """KID: unbiased MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3, over random subsets.
+
+    Returns (mean, std) over subsets.
+    """
+    rng = np.random.default_rng(seed)
+    f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
+    n = min(len(f1), len(f2), subset_size)
+    d = f1.shape[1]
+    values = []
+    for _ in range(subsets):
+        x = f1[rng.choice(len(f1), n, replace=False)]
+        y = f2[rng.choice(len(f2), n, replace=False)]
+        kxx, kyy, kxy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
+        mmd = (kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * kxy.mean()
+        values.append(mmd)
+    return float(np.mean(values)), float(np.std(values))
+
+
+class DigitsClassifier(nn.Module):
+    """A small CNN for the 10 digit classes on 16x16 grayscale images; features() is its 64-d penultimate layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 8x8
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 4x4
+            nn.Flatten(), nn.Linear(64 * 16, 64), nn.ReLU(),
+        )
+        self.head = nn.Linear(64, 10)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(to_classifier_input(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def to_classifier_input(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) images in [-1, 1] -> (N, 1, 16, 16) grayscale, antialiased resize."""
+    x = x.float()
+    if x.shape[1] != 1:
+        x = x.mean(dim=1, keepdim=True)
+    if x.shape[-1] != CLASSIFIER_SIZE:
+        x = F.interpolate(x, size=(CLASSIFIER_SIZE, CLASSIFIER_SIZE), mode="bilinear", antialias=True, align_corners=False)
+    return x
+
+
+def _digits(size: int = CLASSIFIER_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    from .data import load_digits_dataset
+
+    return load_digits_dataset(size, 1).images, torch.from_numpy(load_digits().target).long()
+
+
+def train_digits_classifier(seed: int = 0, epochs: int = 30) -> tuple[DigitsClassifier, float]:
+    """Train the classifier deterministically on 80% of digits; returns it and its held-out accuracy.
+
+    The weights are cached in ~/.cache/ddpm (or $DDPM_CACHE) under the seed and epoch count, so the
+    features every evaluation uses are the same.
+    """
+    cache = Path(os.environ.get("DDPM_CACHE", Path.home() / ".cache" / "ddpm")) / f"digits_classifier_s{seed}_e{epochs}.pt"
+    x, y = _digits()
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(x), generator=gen)
+    split = int(0.8 * len(x))
+    train_idx, test_idx = order[:split], order[split:]
+    model = DigitsClassifier()
+    if cache.is_file():
+        model.load_state_dict(torch.load(cache, weights_only=True))
+    else:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = DigitsClassifier()
+            opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+            for _ in range(epochs):
+                perm = train_idx[torch.randperm(split, generator=gen)]
+                for i in range(0, split, 64):
+                    idx = perm[i:i + 64]
+                    # Small shifts make the features robust to where a generated digit sits.
+                    shift = torch.randint(-1, 2, (2,), generator=gen).tolist()
+                    batch = torch.roll(x[idx], shifts=shift, dims=(2, 3))
+                    loss = F.cross_entropy(model(batch), y[idx])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        from .checkpoint import atomic_save
+
+        atomic_save(model.state_dict(), cache)
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(x[test_idx]).argmax(1) == y[test_idx]).float().mean().item()
+    return model, accuracy
+
+
+@dataclass
+class DigitsScore:
+    """The digits metric of a set of samples."""
+
+    fd_digits: float  # Fréchet distance of classifier features, samples vs all 1,797 digits (0 = same)
+    confidence: float  # mean top-class probability of the samples (real digits: see `reference`)
+    coverage: int  # classes that are the top class of at least 2% of samples (of 10)
+    class_counts: list[int]  # how many samples fall in each class
+    num_samples: int  # samples the numbers are computed from
+    classifier_accuracy: float  # held-out accuracy of the classifier on real digits
+
+
+@torch.no_grad()
+def digits_score(samples: torch.Tensor, classifier: DigitsClassifier | None = None, accuracy: float | None = None) -> DigitsScore:
+    """Score (N, C, H, W) samples in [-1, 1] against the built-in digits."""
+    if classifier is None:
+        classifier, accuracy = train_digits_classifier()
+    real, _ = _digits()
+    f_real = classifier.features(real).numpy()
+    f_fake = classifier.features(samples).numpy()
+    probs = torch.softmax(classifier.head(torch.from_numpy(f_fake)), dim=1)
+    counts = torch.bincount(probs.argmax(1), minlength=10).tolist()
+    n = samples.shape[0]
+    return DigitsScore(
+        fd_digits=frechet_distance(*feature_statistics(f_fake), *feature_statistics(f_real)),
+        confidence=float(probs.max(1).values.mean()),
+        coverage=sum(c >= max(1, 0.02 * n) for c in counts),
+        class_counts=counts,
+        num_samples=n,
+        classifier_accuracy=float(accuracy if accuracy is not None else float("nan")),
+    )
+
+
+def inception_status() -> str | None:
+    """None if Inception-v3 FID/KID can run here, else a message saying what is missing."""
+    hub = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS
+    try:
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3  # noqa: F401
+    except Exception as err:  # not installed, or its torchvision does not import beside this torch
+        return (f"FID/KID need torch-fidelity's Inception-v3 (import failed: {type(err).__name__}: {err}). Install "
+                "`torch-fidelity` (it needs a torchvision that imports beside your torch) and put its weights file "
+                f"{INCEPTION_WEIGHTS} at {hub}. For the built-in digits, the FD-digits metric needs nothing.")
+    if not hub.is_file():
+        return (f"FID/KID need the Inception-v3 weights {INCEPTION_WEIGHTS} at {hub} (no download happens here); "
+                "copy the file there from a machine that has it.")
+    return None
+
+
+@torch.no_grad()
+def inception_features(images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    """2048-d Inception-v3 pool features of (N, C, H, W) images in [-1, 1] (needs inception_status() None)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                      feature_extractor_weights_path=str(Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS))
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size]
+        x = x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
+        out.append(net(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))[0].numpy())
+    return np.concatenate(out)

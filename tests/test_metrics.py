@@ -1,0 +1,89 @@
+"""Metrics against float64 references with known answers, and the digits metric's sanity."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm.data import load_digits_dataset
+from ddpm.metrics import (
+    digits_score,
+    frechet_distance,
+    inception_status,
+    kernel_distance,
+    train_digits_classifier,
+)
+
+
+def test_frechet_distance_of_gaussians_with_known_answer():
+    # Diagonal covariances: d^2 = |mu1 - mu2|^2 + sum (sqrt(a) - sqrt(b))^2.
+    a, b = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 9.0])
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    expected = 1 + 4 + (1 - 2) ** 2 + (2 - 1) ** 2 + 0
+    assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_frechet_distance_matches_scipy_sqrtm_on_random_covariances():
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    rng = np.random.default_rng(0)
+    m1, m2 = rng.normal(size=(6, 6)), rng.normal(size=(6, 6))
+    s1, s2 = m1 @ m1.T, m2 @ m2.T
+    mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+    ref = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy_linalg.sqrtm(s1 @ s2).real)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(ref, rel=1e-8)
+
+
+def test_kernel_distance_is_near_zero_for_one_distribution_and_large_for_two():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(500, 8)), rng.normal(size=(500, 8))
+    same, _ = kernel_distance(x, y, subsets=5, subset_size=400)
+    far, _ = kernel_distance(x, y + 2.0, subsets=5, subset_size=400)
+    assert abs(same) < 0.05 and far > 10 * max(abs(same), 1e-3)
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DDPM_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield train_digits_classifier()
+    mp.undo()
+
+
+def test_digits_classifier_is_accurate_and_deterministic(classifier, tmp_path, monkeypatch):
+    model, accuracy = classifier
+    assert accuracy > 0.95
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path))  # an empty cache: train again from scratch
+    again, acc2 = train_digits_classifier()
+    assert acc2 == accuracy
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+
+
+def test_digits_score_real_data_near_zero_noise_far(classifier):
+    model, accuracy = classifier
+    real = load_digits_dataset(16, 1).images
+    gen = torch.Generator().manual_seed(0)
+    subset = real[torch.randperm(len(real), generator=gen)[:500]]
+    good = digits_score(subset, model, accuracy)
+    noise = digits_score(torch.rand(500, 1, 16, 16, generator=gen) * 2 - 1, model, accuracy)
+    assert good.num_samples == 500 and good.coverage == 10 and good.confidence > 0.9
+    assert good.fd_digits < 0.05 * noise.fd_digits
+    assert noise.coverage < 10 or noise.confidence < 0.6
+
+
+def test_eval_cli_reports_digits_metric_and_says_why_fid_is_missing(tmp_path, classifier):
+    real = load_digits_dataset(16, 1).images[:64]
+    arr = ((real.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    np.savez(tmp_path / "s.npz", arr_0=arr)
+    r = subprocess.run([sys.executable, "-m", "ddpm", "eval", str(tmp_path / "s.npz"), "--dataset", "digits",
+                        "--json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["num_samples"] == 64 and report["digits"]["num_samples"] == 64
+    if inception_status() is not None:
+        assert report["fid"] is None and "Inception" in report["fid_unavailable"]
