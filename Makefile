@@ -24,6 +24,7 @@ test-slow: $(VENV)/.installed
 	$(BIN)/pytest -q -m slow
 
 bench: $(VENV)/.installed
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python benchmarks/bench_unet.py
 
 clean:

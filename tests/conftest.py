@@ -9,8 +9,10 @@ from ddpm import DiffusionConfig, ModelConfig
 
 
 @pytest.fixture(autouse=True)
-def _deterministic_threads():
+def _seed_and_private_cache(tmp_path_factory, monkeypatch):
+    """Seed torch, and keep dataset caches and the digits classifier out of the user's ~/.cache."""
     torch.manual_seed(0)
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path_factory.getbasetemp() / "ddpm-cache"))
     yield
 
 

@@ -70,11 +70,13 @@ def test_attention_block_matches_explicit_softmax():
     block = AttentionBlock(8, groups=4, heads=2).double()
     torch.nn.init.normal_(block.proj_out.weight, std=0.3)
     x = torch.randn(2, 8, 3, 3, dtype=torch.float64)
-    h = block.qkv(block.norm(x)).reshape(2, 3, 2, 4, 9)
-    q, k, v = h[:, 0], h[:, 1], h[:, 2]  # (B, heads, d, HW)
-    w = torch.softmax(torch.einsum("bhdi,bhdj->bhij", q, k) / math.sqrt(4), dim=-1)
-    a = torch.einsum("bhij,bhdj->bhdi", w, v).reshape(2, 8, 3, 3)
-    torch.testing.assert_close(block(x), x + block.proj_out(a))
+    # Reference: per head, softmax(q k^T / sqrt(d)) v over the 9 positions, written out with einsum.
+    tokens = block.norm(x).reshape(2, 8, 9).transpose(1, 2)  # (B, HW, C)
+    q, k, v = block.qkv(tokens).reshape(2, 9, 3, 2, 4).unbind(2)  # each (B, HW, heads, d)
+    w = torch.softmax(torch.einsum("bihd,bjhd->bhij", q, k) / math.sqrt(4), dim=-1)
+    a = torch.einsum("bhij,bjhd->bihd", w, v).reshape(2, 9, 8)
+    expected = x + block.proj_out(a).transpose(1, 2).reshape(2, 8, 3, 3)
+    torch.testing.assert_close(block(x), expected)
 
 
 @pytest.mark.parametrize(

@@ -132,6 +132,10 @@ class DiffusionConfig:
     sample_variance: str = "beta"  # reverse-process variance: "beta" or "beta_tilde" (posterior)
     clip_x0: bool = True  # clip the predicted x_0 to [-1, 1] while sampling
     num_workers: int = 0  # DataLoader worker processes (0 = load in the training process)
+    crop_mode: str = "center"  # non-square images: "center" crop, or "pad" to a square with black
+    # Where image folders are decoded once into a memory-mapped uint8 cache;
+    # None = $DDPM_CACHE/datasets, else ~/.cache/ddpm/datasets.
+    cache_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes stored with the run
 
     def __post_init__(self) -> None:
@@ -161,6 +165,7 @@ class DiffusionConfig:
         _require(self.weight_decay >= 0, f"DiffusionConfig.weight_decay={self.weight_decay} must be >= 0.")
         _require(0.0 <= self.ema_decay < 1.0, f"DiffusionConfig.ema_decay={self.ema_decay} must lie in [0, 1) (paper: 0.9999).")
         _require(self.precision in PRECISIONS, f"DiffusionConfig.precision={self.precision!r}; choose one of {PRECISIONS}.")
+        _require(self.crop_mode in ("center", "pad"), f"DiffusionConfig.crop_mode={self.crop_mode!r}; choose 'center' or 'pad'.")
         _require(self.sample_variance in SAMPLE_VARIANCES,
                  f"DiffusionConfig.sample_variance={self.sample_variance!r}; choose one of {SAMPLE_VARIANCES}.")
 
@@ -175,7 +180,7 @@ class DiffusionConfig:
 # DiffusionConfig fields a resumed run may change; any other difference from the checkpoint's
 # config is an error, because the run would silently stop being the run it claims to continue.
 RESUME_MUTABLE_FIELDS = frozenset({
-    "max_steps", "out_dir", "resume", "data_root", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+    "max_steps", "out_dir", "resume", "data_root", "cache_dir", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
     "sample_every_steps", "num_sample_images", "num_workers", "device", "tensorboard", "extra",
     "batch_per_device", "activation_checkpointing", "compile_model", "channels_last", "max_nonfinite_steps",
 })

@@ -1,25 +1,38 @@
-"""Datasets: the built-in digits, and local image folders (FFHQ, folder:PATH).
+"""Datasets: the built-in digits, image folders (FFHQ, folder:PATH), CIFAR-10 and MNIST; batch order.
 
 Every dataset yields float32 images of shape (C, S, S) in [-1, 1], with C and S the model's
 image_channels and image_size. Nothing is ever downloaded: named datasets are read from a local
-folder (DiffusionConfig.data_root, else $DDPM_DATA_ROOT, else ./data).
+folder (DiffusionConfig.data_root, else $DDPM_DATA_ROOT, else ./data):
+
+    ./data/FFHQ/**/*.png|jpg|...                     FFHQ (any image files, any size)
+    ./data/CIFAR10/cifar-10-batches-py/data_batch_*  CIFAR-10, python version
+    ./data/MNIST/train-images-idx3-ubyte[.gz]        MNIST
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import Dataset
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+from .image_files import (
+    CROP_MODES,
+    IMAGE_EXTENSIONS,
+    cached_folder,
+    read_cifar10,
+    read_idx_images,
+    resize_array,
+)
+
 DATA_ROOT_ENV = "DDPM_DATA_ROOT"
+CACHE_ENV = "DDPM_CACHE"
+IN_MEMORY_LIMIT_BYTES = 2 * 2**30  # uint8 datasets below this are indexed on the device directly
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -39,58 +52,84 @@ class TensorImages(Dataset):
         return self.images[index]
 
 
-class ImageFolder(Dataset):
-    """Every image file under a folder, decoded with Pillow, centre-cropped square and resized."""
+class ArrayImages(Dataset):
+    """uint8 images (N, S, S, C), in memory or memory-mapped from the cache; items are (C, S, S) floats in [-1, 1].
 
-    def __init__(self, files: list[Path], image_size: int, channels: int) -> None:
-        self.files = files
-        self.image_size = image_size
-        self.channels = channels
+    Batches fetched through a DataLoader stay uint8 (a quarter of the bytes to copy) and are
+    converted on the device by to_float().
+    """
+
+    def __init__(self, images: np.ndarray, skipped: list[str] | None = None) -> None:
+        self.images = images
+        self.skipped = skipped or []
 
     def __len__(self) -> int:
-        return len(self.files)
+        return self.images.shape[0]
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        # A file that fails to decode is reported and replaced by the next one, so one bad image
-        # never ends a run mid-epoch.
-        for offset in range(min(len(self.files), 16)):
-            path = self.files[(index + offset) % len(self.files)]
-            try:
-                return load_image(path, self.image_size, self.channels)
-            except (OSError, ValueError) as err:
-                warnings.warn(f"Skipping unreadable image {path}: {err}", stacklevel=2)
-        raise OSError(f"16 consecutive images from {self.files[index]} on could not be read; check the folder.")
+        return to_float(torch.from_numpy(np.array(self.images[index])).permute(2, 0, 1))
+
+    def __getitems__(self, indices: list[int]) -> torch.Tensor:
+        """A uint8 (B, C, S, S) batch; reads sorted indices from the memory map, returns them in order."""
+        idx = np.asarray(indices)
+        order = np.argsort(idx)
+        batch = np.empty((len(idx), *self.images.shape[1:]), np.uint8)
+        batch[order] = self.images[idx[order]]
+        return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
+
+    def as_tensor(self) -> torch.Tensor:
+        """All images as one uint8 (N, C, S, S) tensor in memory."""
+        return torch.from_numpy(np.array(self.images)).permute(0, 3, 1, 2).contiguous()
 
 
-def load_image(path: Path, image_size: int, channels: int) -> torch.Tensor:
-    """Decode one image to a (channels, image_size, image_size) float tensor in [-1, 1].
-
-    Non-square images are centre-cropped to a square; resizing uses Lanczos (antialiased).
-    """
-    with Image.open(path) as img:
-        img = img.convert("L" if channels == 1 else "RGB")
-        w, h = img.size
-        side = min(w, h)
-        left, top = (w - side) // 2, (h - side) // 2
-        img = img.crop((left, top, left + side, top + side))
-        if side != image_size:
-            img = img.resize((image_size, image_size), Image.Resampling.LANCZOS)
-        arr = np.asarray(img, dtype=np.float32)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.shape[2] != channels:  # e.g. grayscale source for an RGB model
-        arr = np.repeat(arr[:, :, :1], channels, axis=2)
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous() / 127.5 - 1.0
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images in 0..255 -> float32 in [-1, 1] (float input is returned as it is)."""
+    return x.float() / 127.5 - 1.0 if x.dtype == torch.uint8 else x
 
 
-def list_images(folder: Path) -> list[Path]:
-    """All image files under folder, recursively, in a stable (sorted) order."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+def collate_batch(batch: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """DataLoader collate: ArrayImages.__getitems__ already returns one batch tensor."""
+    return batch if isinstance(batch, torch.Tensor) else torch.stack(batch)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """How a dataset is to be delivered: the model's size and channels, and where files live."""
+
+    image_size: int
+    channels: int
+    root: Path
+    crop: str = "center"  # non-square images: "center" crop or "pad" to a square
+    cache_dir: Path | None = None  # None = $DDPM_CACHE/datasets or ~/.cache/ddpm/datasets
+    num_workers: int = 0  # processes decoding a folder into the cache (0 = all cores)
+
+    @property
+    def cache(self) -> Path:
+        return self.cache_dir or Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ddpm") / "datasets"
+
+
+DATASETS: dict[str, Callable[[DataSpec], Dataset]] = {}
+
+
+def register(name: str) -> Callable[[Callable[[DataSpec], Dataset]], Callable[[DataSpec], Dataset]]:
+    """Register a dataset loader under a case-insensitive name: adding a dataset is one function."""
+
+    def wrap(fn: Callable[[DataSpec], Dataset]) -> Callable[[DataSpec], Dataset]:
+        DATASETS[name.lower()] = fn
+        return fn
+
+    return wrap
 
 
 def data_root(configured: str | None) -> Path:
     """Where named datasets live: the config field, else $DDPM_DATA_ROOT, else ./data."""
     return Path(configured or os.environ.get(DATA_ROOT_ENV) or "data").expanduser()
+
+
+def _where(spec: DataSpec, name: str, expected: str) -> str:
+    return (f"Put {expected} in {(spec.root / name).resolve()}, or set DiffusionConfig.data_root / "
+            f"${DATA_ROOT_ENV} to the folder that holds {name}/, or train on any folder of images with "
+            "dataset_name='folder:/path/to/images'.")
 
 
 def load_digits_dataset(image_size: int, channels: int) -> TensorImages:
@@ -104,52 +143,74 @@ def load_digits_dataset(image_size: int, channels: int) -> TensorImages:
     return TensorImages(images)
 
 
-def _folder_dataset(folder: Path, image_size: int, channels: int, what: str, fix: str) -> ImageFolder:
+@register("digits")
+def _digits(spec: DataSpec) -> Dataset:
+    return load_digits_dataset(spec.image_size, spec.channels)
+
+
+def image_folder(folder: Path, spec: DataSpec, what: str, fix: str) -> ArrayImages:
+    """Every image under folder, decoded once into the cache; errors name the folder and the fix."""
     if not folder.is_dir():
         raise DatasetNotFoundError(f"{what} not found: no folder at {folder.resolve()}. {fix}")
-    files = list_images(folder)
-    if not files:
-        raise DatasetNotFoundError(
-            f"{what}: the folder {folder.resolve()} holds no images ({', '.join(IMAGE_EXTENSIONS)}). {fix}"
-        )
-    return ImageFolder(files, image_size, channels)
+    images, skipped = cached_folder(folder, spec.image_size, spec.channels, spec.crop, spec.cache,
+                                    spec.num_workers)
+    if len(images) == 0:
+        reason = f" ({len(skipped)} files could not be read)" if skipped else f" ({', '.join(IMAGE_EXTENSIONS)})"
+        raise DatasetNotFoundError(f"{what}: the folder {folder.resolve()} holds no usable images{reason}. {fix}")
+    return ArrayImages(images, skipped)
 
 
-def _ffhq(root: Path, image_size: int, channels: int) -> ImageFolder:
-    fix = (
-        f"Put the FFHQ images (any size, e.g. the 128x128 thumbnails; subfolders are fine) in {root.resolve() / 'FFHQ'}, "
-        f"or set DiffusionConfig.data_root / ${DATA_ROOT_ENV} to the folder that holds FFHQ/, "
-        "or train on any folder of images with dataset_name='folder:/path/to/images'."
-    )
-    return _folder_dataset(root / "FFHQ", image_size, channels, "FFHQ", fix)
+@register("ffhq")
+def _ffhq(spec: DataSpec) -> Dataset:
+    return image_folder(spec.root / "FFHQ", spec, "FFHQ",
+                        _where(spec, "FFHQ", "the FFHQ images (any size, e.g. the 128x128 thumbnails; subfolders are fine)"))
 
 
-DATASETS: dict[str, Callable[[Path, int, int], Dataset]] = {
-    "digits": lambda root, size, ch: load_digits_dataset(size, ch),
-    "ffhq": _ffhq,
-}
+@register("cifar10")
+def _cifar10(spec: DataSpec) -> Dataset:
+    fix = _where(spec, "CIFAR10", "the python version of CIFAR-10 (the data_batch_1..5 files of cifar-10-batches-py)")
+    for folder in (spec.root / "CIFAR10" / "cifar-10-batches-py", spec.root / "CIFAR10", spec.root / "cifar-10-batches-py"):
+        if list(folder.glob("data_batch_*")):
+            return ArrayImages(resize_array(read_cifar10(folder), spec.image_size, spec.channels))
+    raise DatasetNotFoundError(f"CIFAR10 not found: no data_batch_* files in {(spec.root / 'CIFAR10').resolve()}. {fix}")
 
 
-def load_dataset(name: str, image_size: int, channels: int, root: str | None = None) -> Dataset:
+@register("mnist")
+def _mnist(spec: DataSpec) -> Dataset:
+    fix = _where(spec, "MNIST", "MNIST's train-images-idx3-ubyte (or .gz)")
+    for folder in (spec.root / "MNIST", spec.root / "MNIST" / "raw"):
+        for name in ("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz", "train-images.idx3-ubyte"):
+            if (folder / name).is_file():
+                return ArrayImages(resize_array(read_idx_images(folder / name), spec.image_size, spec.channels))
+    raise DatasetNotFoundError(f"MNIST not found: no train-images-idx3-ubyte[.gz] in {(spec.root / 'MNIST').resolve()}. {fix}")
+
+
+def load_dataset(name: str, image_size: int, channels: int, root: str | None = None, crop: str = "center",
+                 cache_dir: str | None = None, num_workers: int = 0) -> Dataset:
     """The dataset called `name`, as (C, S, S) float images in [-1, 1].
 
     Args:
-        name: "digits", "FFHQ" (case-insensitive) or "folder:PATH".
+        name: "digits", "FFHQ", "CIFAR10", "MNIST" (case-insensitive) or "folder:PATH".
         image_size: S, the model's image side.
         channels: C, the model's image channels (1 or 3).
         root: folder of named datasets (None = $DDPM_DATA_ROOT or ./data).
+        crop: non-square images are "center"-cropped or "pad"-ded to a square.
+        cache_dir: where decoded folders are cached (None = $DDPM_CACHE/datasets or ~/.cache/ddpm/datasets).
+        num_workers: processes that decode a folder into the cache (0 = all cores).
     Raises:
         DatasetNotFoundError: the files are missing; the message says where they were looked for.
     """
+    if crop not in CROP_MODES:
+        raise ValueError(f"crop={crop!r}; choose one of {CROP_MODES}.")
+    spec = DataSpec(image_size, channels, data_root(root), crop, Path(cache_dir) if cache_dir else None, num_workers)
     if name.startswith("folder:"):
         folder = Path(name[len("folder:"):]).expanduser()
-        return _folder_dataset(folder, image_size, channels, f"Image folder {name!r}",
-                               "Give dataset_name='folder:/path/to/a/folder/of/images'.")
+        return image_folder(folder, spec, f"Image folder {name!r}", "Give dataset_name='folder:/path/to/a/folder/of/images'.")
     loader = DATASETS.get(name.lower())
     if loader is None:
         known = sorted(DATASETS) + ["folder:PATH"]
         raise DatasetNotFoundError(f"DiffusionConfig.dataset_name={name!r} is not a known dataset; choose one of {known}.")
-    return loader(data_root(root), image_size, channels)
+    return loader(spec)
 
 
 class BatchStream:

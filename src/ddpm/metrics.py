@@ -143,7 +143,8 @@ def train_digits_classifier(seed: int = 0, epochs: int = 30) -> tuple[DigitsClas
 class DigitsScore:
     """The digits metric of a set of samples."""
 
-    fd_digits: float  # Fréchet distance of classifier features, samples vs all 1,797 digits (0 = same)
+    fd_digits: float  # Fréchet distance of classifier features, samples vs all 1,797 digits (biased up at small N)
+    kd_digits: float  # KID (unbiased MMD^2, cubic kernel) of the same features x 1000; ~0 for real digits
     confidence: float  # mean top-class probability of the samples (real digits: see `reference`)
     coverage: int  # classes that are the top class of at least 2% of samples (of 10)
     class_counts: list[int]  # how many samples fall in each class
@@ -162,8 +163,11 @@ def digits_score(samples: torch.Tensor, classifier: DigitsClassifier | None = No
     probs = torch.softmax(classifier.head(torch.from_numpy(f_fake)), dim=1)
     counts = torch.bincount(probs.argmax(1), minlength=10).tolist()
     n = samples.shape[0]
+    scale = float(np.sqrt((f_real.astype(np.float64) ** 2).mean())) or 1.0
     return DigitsScore(
         fd_digits=frechet_distance(*feature_statistics(f_fake), *feature_statistics(f_real)),
+        # KID's cubic kernel expects features of order 1: scale both sets by the real features' RMS.
+        kd_digits=1000 * kernel_distance(f_fake / scale, f_real / scale, subsets=20, subset_size=min(n, 500))[0],
         confidence=float(probs.max(1).values.mean()),
         coverage=sum(c >= max(1, 0.02 * n) for c in counts),
         class_counts=counts,

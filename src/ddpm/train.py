@@ -47,7 +47,16 @@ from .config import (
     config_to_dict,
     resume_mismatches,
 )
-from .data import BatchStream, TensorImages, apply_flip, load_dataset
+from .data import (
+    IN_MEMORY_LIMIT_BYTES,
+    ArrayImages,
+    BatchStream,
+    TensorImages,
+    apply_flip,
+    collate_batch,
+    load_dataset,
+    to_float,
+)
 from .images import forward_process_figure, grid_image, loss_curve_figure, save_grid, to_uint8
 from .losses import diffusion_loss
 from .monitor import Monitor, read_metrics
@@ -91,7 +100,8 @@ class Trainer:
     def __init__(self, cfg: DiffusionConfig, mcfg: ModelConfig) -> None:
         self.cfg, self.mcfg = cfg, mcfg
         # Resolve everything that can fail on bad input before any work.
-        self.dataset = load_dataset(cfg.dataset_name, mcfg.image_size, mcfg.image_channels, cfg.data_root)
+        self.dataset = load_dataset(cfg.dataset_name, mcfg.image_size, mcfg.image_channels, cfg.data_root,
+                                    cfg.crop_mode, cfg.cache_dir, cfg.num_workers)
         self.dist, self.device = distributed.setup(resolve_device(cfg.device))
         if cfg.batch_size % self.dist.world_size:
             raise ConfigError(f"DiffusionConfig.batch_size={cfg.batch_size} must be divisible by the number of "
@@ -135,12 +145,15 @@ class Trainer:
 
     def _start_batches(self) -> None:
         """Batches of this process's share, from the stream's current position, on the device."""
-        if isinstance(self.dataset, TensorImages):
-            images = self.dataset.images.to(self.device)
+        ds = self.dataset
+        if isinstance(ds, TensorImages) or (isinstance(ds, ArrayImages) and ds.images.nbytes < IN_MEMORY_LIMIT_BYTES):
+            # Small data: one tensor on the device, indexed per batch (uint8 stays uint8 until then).
+            images = (ds.images if isinstance(ds, TensorImages) else ds.as_tensor()).to(self.device)
             self._batches = (images[idx.to(self.device)] for idx in iter(self.stream.next_indices, None))
         else:
-            loader = DataLoader(self.dataset, batch_sampler=self.stream, num_workers=self.cfg.num_workers,
-                                pin_memory=self.device.type == "cuda", persistent_workers=self.cfg.num_workers > 0)
+            loader = DataLoader(ds, batch_sampler=self.stream, num_workers=self.cfg.num_workers,
+                                collate_fn=collate_batch, pin_memory=self.device.type == "cuda",
+                                persistent_workers=self.cfg.num_workers > 0)
             self._batches = (b.to(self.device, non_blocking=True) for b in loader)
         self._batches_consumed = self.stream.batches_consumed
 
@@ -148,7 +161,7 @@ class Trainer:
         if self._batches is None:
             self._start_batches()
         self._batches_consumed += 1  # counted here: a DataLoader's sampler runs ahead of the loop
-        x = next(self._batches)
+        x = to_float(next(self._batches))
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

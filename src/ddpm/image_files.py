@@ -1,0 +1,208 @@
+"""Reading images from disk: folders (decoded once into a memory-mapped cache), CIFAR-10, MNIST.
+
+Everything here returns uint8 arrays of shape (N, S, S, C); data.py wraps them as datasets.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import pickle
+import warnings
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
+CROP_MODES = ("center", "pad")
+
+
+def list_images(folder: Path) -> list[Path]:
+    """All image files under folder, recursively, in a stable (sorted) order; hidden folders skipped."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts[:-1]))
+
+
+def to_mode(img: Image.Image, channels: int) -> Image.Image:
+    """Convert any Pillow mode to "L" (channels=1) or "RGB" (3); transparency is composited onto white."""
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    return img.convert("L" if channels == 1 else "RGB")
+
+
+def square(img: Image.Image, crop: str) -> Image.Image:
+    """Centre-crop ("center") or pad with black ("pad") to a square."""
+    w, h = img.size
+    if w == h:
+        return img
+    if crop == "center":
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        return img.crop((left, top, left + side, top + side))
+    side = max(w, h)
+    canvas = Image.new(img.mode, (side, side))
+    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+def decode_image(path: Path, image_size: int, channels: int, crop: str = "center") -> np.ndarray:
+    """One image file -> (image_size, image_size, channels) uint8, resized with Lanczos (antialiased)."""
+    with Image.open(path) as img:
+        img.load()
+        img = square(to_mode(img, channels), crop)
+        if img.size[0] != image_size:
+            img = img.resize((image_size, image_size), Image.Resampling.LANCZOS)
+        arr = np.asarray(img, dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def _decode_or_error(job: tuple[str, int, int, str]) -> np.ndarray | str:
+    path, size, channels, crop = job
+    try:
+        return decode_image(Path(path), size, channels, crop)
+    except Exception as err:  # truncated, zero-byte, not an image: reported, never fatal
+        return f"{path}: {type(err).__name__}: {err}"
+
+
+def _cache_key(folder: Path, files: list[Path], image_size: int, channels: int, crop: str) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([CACHE_VERSION, image_size, channels, crop]).encode())
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def cached_folder(folder: Path, image_size: int, channels: int, crop: str, cache_dir: Path,
+                  num_workers: int = 0, progress: bool = True) -> tuple[np.ndarray, list[str]]:
+    """Every image under folder as a (N, S, S, C) uint8 array memory-mapped from a one-time cache.
+
+    The cache is keyed by the folder's listing, file sizes and mtimes, and by S, C and the crop
+    mode: a changed folder is decoded again. Decoding streams into the file, so a folder larger
+    than RAM works. Unreadable files are skipped and returned (and warned about once).
+
+    Returns:
+        (images, skipped): the memory-mapped array and "path: reason" of every skipped file.
+    """
+    files = list_images(folder)
+    if not files:
+        return np.zeros((0, image_size, image_size, channels), np.uint8), []
+    key = _cache_key(folder, files, image_size, channels, crop)
+    stem = f"{folder.name or 'root'}-{image_size}x{image_size}x{channels}-{crop}-{key}"
+    data_path, meta_path = cache_dir / f"{stem}.npy", cache_dir / f"{stem}.json"
+    if data_path.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        skipped = meta["skipped"]
+    else:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache_dir / f".{stem}.{os.getpid()}.tmp.npy"
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), image_size, image_size, channels))
+        jobs = [(str(p), image_size, channels, crop) for p in files]
+        workers = num_workers or os.cpu_count() or 1
+        count, skipped = 0, []
+        bar = tqdm(total=len(jobs), desc=f"caching {folder.name} at {image_size}px", disable=not progress, unit="img")
+        with Pool(workers) if workers > 1 and len(jobs) > 256 else _Serial() as pool:
+            for result in pool.imap(_decode_or_error, jobs, chunksize=64):
+                if isinstance(result, str):
+                    skipped.append(result)
+                else:
+                    out[count] = result
+                    count += 1
+                bar.update(1)
+        bar.close()
+        out.flush()
+        del out
+        os.replace(tmp, data_path)
+        meta = {"folder": str(folder.resolve()), "count": count, "skipped": skipped, "image_size": image_size,
+                "channels": channels, "crop": crop}
+        tmp_meta = meta_path.with_suffix(".json.tmp")
+        tmp_meta.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp_meta, meta_path)  # the metadata, written last, marks the cache complete
+    if skipped:
+        shown = "; ".join(skipped[:5]) + (f"; and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        warnings.warn(f"{len(skipped)} of {len(files)} files in {folder} could not be read and are skipped: {shown}",
+                      stacklevel=2)
+    images = np.load(data_path, mmap_mode="r")[: meta["count"]]
+    return images, skipped
+
+
+class _Serial:
+    """A stand-in for multiprocessing.Pool that decodes in this process."""
+
+    def __enter__(self) -> _Serial:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    @staticmethod
+    def imap(fn, jobs, chunksize: int = 1):
+        return map(fn, jobs)
+
+
+def resize_array(images: np.ndarray, image_size: int, channels: int) -> np.ndarray:
+    """(N, H, W, C) uint8 -> (N, S, S, channels) uint8: Lanczos resize and L/RGB conversion per image."""
+    n, h, w, c = images.shape
+    if h == w == image_size and c == channels:
+        return np.ascontiguousarray(images)
+    out = np.empty((n, image_size, image_size, channels), np.uint8)
+    for i in range(n):
+        img = Image.fromarray(images[i, :, :, 0] if c == 1 else images[i])
+        img = img.convert("L" if channels == 1 else "RGB")
+        if (h, w) != (image_size, image_size):
+            img = img.resize((image_size, image_size), Image.Resampling.LANCZOS)
+        arr = np.asarray(img)
+        out[i] = arr[:, :, None] if arr.ndim == 2 else arr
+    return out
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles CIFAR batches, refusing anything but numpy arrays and builtin containers."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}  # bytes in protocol-2 pickles
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch file")
+
+
+def read_cifar10(folder: Path) -> np.ndarray:
+    """The 50,000 training images of CIFAR-10 from its python pickle batches, (N, 32, 32, 3) uint8."""
+    batches = sorted(folder.glob("data_batch_*"))
+    if not batches:
+        raise FileNotFoundError(f"no data_batch_* files in {folder}")
+    arrays = []
+    for path in batches:
+        with open(path, "rb") as f:
+            batch = _ArraysOnly(f, encoding="bytes").load()
+        data = batch.get(b"data", batch.get("data"))
+        arrays.append(np.asarray(data, np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    return np.concatenate(arrays)
+
+
+def read_idx_images(path: Path) -> np.ndarray:
+    """Images from an IDX file (MNIST's format; gzipped or not), (N, rows, cols, 1) uint8."""
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    buf = io.BytesIO(raw)
+    magic = int.from_bytes(buf.read(4), "big")
+    if magic != 2051:
+        raise ValueError(f"{path} is not an IDX image file (magic {magic}, expected 2051)")
+    n, rows, cols = (int.from_bytes(buf.read(4), "big") for _ in range(3))
+    data = np.frombuffer(buf.read(n * rows * cols), np.uint8)
+    if data.size != n * rows * cols:
+        raise ValueError(f"{path} is truncated: {data.size} of {n * rows * cols} pixel bytes")
+    return data.reshape(n, rows, cols, 1)
