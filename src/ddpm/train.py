@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import distributed
@@ -100,9 +100,18 @@ class Trainer:
     def __init__(self, cfg: DiffusionConfig, mcfg: ModelConfig) -> None:
         self.cfg, self.mcfg = cfg, mcfg
         # Resolve everything that can fail on bad input before any work.
-        self.dataset = load_dataset(cfg.dataset_name, mcfg.image_size, mcfg.image_channels, cfg.data_root,
-                                    cfg.crop_mode, cfg.cache_dir, cfg.num_workers)
         self.dist, self.device = distributed.setup(resolve_device(cfg.device))
+
+        def load() -> Dataset:
+            return load_dataset(cfg.dataset_name, mcfg.image_size, mcfg.image_channels, cfg.data_root,
+                                cfg.crop_mode, cfg.cache_dir, cfg.num_workers)
+
+        # Rank 0 decodes an image folder into the cache; the others then find it there.
+        if self.dist.is_main:
+            self.dataset = load()
+        distributed.barrier()
+        if not self.dist.is_main:
+            self.dataset = load()
         if cfg.batch_size % self.dist.world_size:
             raise ConfigError(f"DiffusionConfig.batch_size={cfg.batch_size} must be divisible by the number of "
                               f"processes ({self.dist.world_size}); it is the global batch.")
