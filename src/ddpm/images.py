@@ -50,6 +50,32 @@ def save_npz(x: torch.Tensor, path: str | Path) -> Path:
     return path
 
 
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _show(ax, img: np.ndarray) -> None:
+    """Draw one (H, W, C) uint8 image on an axis without ticks."""
+    ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _save_figure(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
 def forward_process_figure(
     x0: torch.Tensor,
     schedule: NoiseSchedule,
@@ -63,11 +89,7 @@ def forward_process_figure(
         x0: (N, C, H, W) clean images in [-1, 1].
         timesteps: paper timesteps; 0 is the clean image, T the last step.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     T = schedule.num_timesteps
     bad = [t for t in timesteps if not 0 <= t <= T]
     if bad:
@@ -84,39 +106,24 @@ def forward_process_figure(
         imgs = to_uint8(x_t)
         for i in range(n):
             ax = axes[i][j]
-            ax.imshow(imgs[i].squeeze(-1) if imgs.shape[-1] == 1 else imgs[i], cmap="gray", vmin=0, vmax=255)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            _show(ax, imgs[i])
             if i == 0:
                 signal = 1.0 if t == 0 else float(schedule.alphas_cumprod[t - 1])
                 ax.set_title(f"t = {t}\n" + r"$\bar\alpha_t$" + f" = {signal:.3f}", fontsize=9)
     fig.suptitle(f"Forward process q(x_t | x_0), T = {T}", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def loss_curve_figure(steps: Sequence[int], losses: Sequence[float], path: str | Path) -> Path:
     """Training loss against step, log-scaled, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot(steps, losses)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("noise-prediction MSE")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def save_png_folder(x: torch.Tensor, folder: str | Path, first_index: int = 0) -> Path:
@@ -152,27 +159,16 @@ def load_images(path: str | Path) -> torch.Tensor:
 
 def trajectory_figure(frames: Sequence[tuple[int, torch.Tensor, torch.Tensor]], path: str | Path) -> Path:
     """Rows x_t and predicted x_0 of one image at a few t: frames are (paper t, x_t, x0_hat) with (C, H, W)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, axes = plt.subplots(2, len(frames), figsize=(1.8 * len(frames), 4.0), squeeze=False)
     for j, (t, x_t, x0) in enumerate(frames):
         for i, img in enumerate(to_uint8(torch.stack([x_t, x0]))):
             ax = axes[i][j]
-            ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            _show(ax, img)
             if i == 0:
                 ax.set_title(f"t = {t}", fontsize=9)
         if j == 0:
             axes[0][0].set_ylabel("x_t")
             axes[1][0].set_ylabel("predicted x_0")
     fig.suptitle("Reverse process: x_t and the model's x_0 estimate", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
