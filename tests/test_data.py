@@ -13,7 +13,7 @@ import torch
 from conftest import tiny_diffusion_config, tiny_model_config
 from PIL import Image
 
-import ddpm.train as train_module
+import ddpm.trainer as trainer_module
 from ddpm import train_diffusion
 from ddpm.checkpoint import load_checkpoint
 from ddpm.data import (
@@ -219,7 +219,7 @@ def test_dataloader_path_from_the_cache_trains_like_the_in_memory_path(tmp_path,
     kw = dict(dataset_name=f"folder:{folder}", batch_size=4, max_steps=3, num_sample_images=0, use_augmentation=True,
               tensorboard=False)
     mem = train_diffusion(tiny_diffusion_config(tmp_path / "mem", **kw), tiny_model_config(image_channels=3))
-    monkeypatch.setattr(train_module, "IN_MEMORY_LIMIT_BYTES", 0)  # force the DataLoader over the memory map
+    monkeypatch.setattr(trainer_module, "IN_MEMORY_LIMIT_BYTES", 0)  # force the DataLoader over the memory map
     disk = train_diffusion(tiny_diffusion_config(tmp_path / "disk", num_workers=workers, **kw),
                            tiny_model_config(image_channels=3))
     a = load_checkpoint(mem / "checkpoints" / "step_00000003.pt")

@@ -80,9 +80,9 @@ def test_keep_last_n_checkpoints(tmp_path):
 
 
 def test_nonfinite_losses_are_skipped_then_stop_with_intact_checkpoint(tmp_path, monkeypatch):
-    import ddpm.train as train_module
+    import ddpm.trainer as trainer_module
 
-    real = train_module.diffusion_loss
+    real = trainer_module.diffusion_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):  # from the 4th call on, the loss is NaN
@@ -92,7 +92,7 @@ def test_nonfinite_losses_are_skipped_then_stop_with_intact_checkpoint(tmp_path,
             loss = loss * float("nan")
         return loss, per_image, t
 
-    monkeypatch.setattr(train_module, "diffusion_loss", poisoned)
+    monkeypatch.setattr(trainer_module, "diffusion_loss", poisoned)
     with pytest.raises(FloatingPointError, match="5 steps in a row"):
         train_diffusion(_cfg(tmp_path, max_steps=50, max_nonfinite_steps=5, log_every_steps=1), tiny_model_config())
     ckpts = list_checkpoints(tmp_path / "run")

@@ -1,0 +1,236 @@
+"""One training process's state and step: data stream, model, EMA, optimiser, RNG (DDPM Algorithm 1).
+
+train.py drives it (run folder, logging, checkpoints, signals); a Trainer can also be stepped
+directly, as dry_run and the tests do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+
+from . import distributed
+from .config import ConfigError, DiffusionConfig, ModelConfig, config_to_dict
+from .data import (
+    IN_MEMORY_LIMIT_BYTES,
+    ArrayImages,
+    BatchStream,
+    TensorImages,
+    apply_flip,
+    collate_batch,
+    load_dataset,
+    to_float,
+)
+from .losses import diffusion_loss
+from .runtime import autocast, resolve_device, resolve_precision
+from .schedule import NoiseSchedule
+from .unet import UNet
+
+NUM_LOSS_BUCKETS = 4  # the loss is also logged by quarter of the timestep range
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, in the EMA's float32."""
+    ema_params = list(ema.parameters())
+    model_params = [p.detach().to(e.dtype) for e, p in zip(ema_params, model.parameters(), strict=True)]
+    torch._foreach_lerp_(ema_params, model_params, 1.0 - decay)
+
+
+def ema_decay_at(step: int, config: DiffusionConfig) -> float:
+    """The EMA decay used after optimiser step `step` (1-based), with the optional warm-up."""
+    if config.ema_warmup:
+        return min(config.ema_decay, (1.0 + step) / (10.0 + step))
+    return config.ema_decay
+
+
+class Trainer:
+    """Everything one training process holds: data stream, model, EMA, optimiser, RNG, step.
+
+    train_step() runs one optimiser step of batch_size images (split over processes and, with
+    batch_per_device, over accumulated micro-batches); state_dict() is what a checkpoint stores.
+    """
+
+    def __init__(self, cfg: DiffusionConfig, mcfg: ModelConfig) -> None:
+        self.cfg, self.mcfg = cfg, mcfg
+        # Resolve everything that can fail on bad input before any work.
+        self.dist, self.device = distributed.setup(resolve_device(cfg.device))
+
+        def load() -> Dataset:
+            return load_dataset(cfg.dataset_name, mcfg.image_size, mcfg.image_channels, cfg.data_root,
+                                cfg.crop_mode, cfg.cache_dir, cfg.num_workers)
+
+        # Rank 0 decodes an image folder into the cache; the others then find it there.
+        if self.dist.is_main:
+            self.dataset = load()
+        distributed.barrier()
+        if not self.dist.is_main:
+            self.dataset = load()
+        if cfg.batch_size % self.dist.world_size:
+            raise ConfigError(f"DiffusionConfig.batch_size={cfg.batch_size} must be divisible by the number of "
+                              f"processes ({self.dist.world_size}); it is the global batch.")
+        per_process = cfg.batch_size // self.dist.world_size
+        self.micro_batch = cfg.batch_per_device or per_process
+        if per_process % self.micro_batch:
+            raise ConfigError(f"DiffusionConfig.batch_per_device={cfg.batch_per_device} must divide the "
+                              f"{per_process} images each of {self.dist.world_size} processes takes per step.")
+        self.accumulation = per_process // self.micro_batch
+        self.amp_dtype = torch.float16 if cfg.precision == "fp16" else resolve_precision(cfg.precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.schedule = NoiseSchedule.from_config(cfg).to(self.device)
+
+        torch.manual_seed(cfg.seed)  # the same initial weights on every process
+        self.model = UNet(mcfg).to(self.device)
+        self.model.gradient_checkpointing = cfg.activation_checkpointing
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = copy.deepcopy(self.model).float().eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
+        net: nn.Module = self.model
+        if self.dist.enabled:
+            net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.net = torch.compile(net) if cfg.compile_model else net
+
+        self.stream = BatchStream(len(self.dataset), cfg.batch_size, cfg.seed, self.dist.rank, self.dist.world_size)
+        # Timesteps, noise and flips are drawn for the whole global batch from one generator seeded
+        # alike on every process, and each process keeps its slice: so N processes take exactly the
+        # step one process would, and a run resumes exactly under any world size.
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + 1)
+        self._reseed_dropout(0)
+        self.step = 0
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = 0
+        self._batches = None
+
+    # Data ----------------------------------------------------------------------------------------
+
+    def _start_batches(self) -> None:
+        """Batches of this process's share, from the stream's current position, on the device."""
+        ds = self.dataset
+        if isinstance(ds, TensorImages) or (isinstance(ds, ArrayImages) and ds.images.nbytes < IN_MEMORY_LIMIT_BYTES):
+            # Small data: one tensor on the device, indexed per batch (uint8 stays uint8 until then).
+            images = (ds.images if isinstance(ds, TensorImages) else ds.as_tensor()).to(self.device)
+            self._batches = (images[idx.to(self.device)] for idx in iter(self.stream.next_indices, None))
+        else:
+            loader = DataLoader(ds, batch_sampler=self.stream, num_workers=self.cfg.num_workers,
+                                collate_fn=collate_batch, pin_memory=self.device.type == "cuda",
+                                persistent_workers=self.cfg.num_workers > 0)
+            self._batches = (b.to(self.device, non_blocking=True) for b in loader)
+        self._batches_consumed = self.stream.batches_consumed
+
+    def _next_batch(self) -> torch.Tensor:
+        if self._batches is None:
+            self._start_batches()
+        self._batches_consumed += 1  # counted here: a DataLoader's sampler runs ahead of the loop
+        x = to_float(next(self._batches))
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    # One step ------------------------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, torch.Tensor | float | bool]:
+        """One optimiser step. Returns device tensors (no host sync) plus grad_norm and finite."""
+        cfg = self.cfg
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_total = torch.zeros((), device=self.device)
+        bucket_sum = torch.zeros(NUM_LOSS_BUCKETS, device=self.device)
+        bucket_count = torch.zeros(NUM_LOSS_BUCKETS, device=self.device)
+        # This process's share of the batch, and all its random draws, are taken at once, so that
+        # splitting it into accumulated micro-batches changes nothing but memory.
+        x0 = self._next_batch()
+        mine = slice(self.dist.rank * x0.shape[0], (self.dist.rank + 1) * x0.shape[0])
+        B, g = cfg.batch_size, self.generator
+        if cfg.use_augmentation:
+            x0 = apply_flip(x0, (torch.rand(B, device=self.device, generator=g) < 0.5)[mine])
+        t = torch.randint(0, self.schedule.num_timesteps, (B,), device=self.device, generator=g)[mine]
+        noise = torch.randn((B, *x0.shape[1:]), device=self.device, dtype=x0.dtype, generator=g)[mine]
+        chunks = zip(x0.split(self.micro_batch), t.split(self.micro_batch), noise.split(self.micro_batch), strict=True)
+        for micro, (x0_m, t_m, noise_m) in enumerate(chunks):
+            sync = micro == self.accumulation - 1 or not self.dist.enabled
+            with contextlib.nullcontext() if sync else self.net.no_sync(), autocast(self.device, self.amp_dtype):
+                loss, per_image, _ = diffusion_loss(self.net, self.schedule, x0_m, t=t_m, noise=noise_m)
+            self.scaler.scale(loss / self.accumulation).backward()
+            loss_total += loss.detach() / self.accumulation
+            bucket = t_m * NUM_LOSS_BUCKETS // self.schedule.num_timesteps
+            bucket_sum.index_add_(0, bucket, per_image.detach())
+            bucket_count.index_add_(0, bucket, torch.ones_like(per_image))
+
+        self.scaler.unscale_(self.optimizer)
+        clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), clip))  # the step's one host sync
+        finite = math.isfinite(grad_norm)
+        if finite or self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)  # with fp16 the scaler itself skips non-finite steps
+            self.scaler.update()
+        if finite:
+            self.lr_schedule.step()
+            self.step += 1
+            decay = ema_decay_at(self.step, cfg)
+            ema_update(self.ema, self.model, decay)
+            self.nonfinite_in_a_row = 0
+        else:
+            decay = float("nan")
+            self.nonfinite_in_a_row += 1
+            self.nonfinite_total += 1
+        return {"loss": loss_total, "bucket_sum": bucket_sum, "bucket_count": bucket_count,
+                "grad_norm": grad_norm, "ema_decay": decay, "finite": finite}
+
+    # Checkpoint state ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly: weights, optimiser, data position, RNG."""
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.lr_schedule.state_dict(),
+            "grad_scaler": self.scaler.state_dict(),
+            "data": {**self.stream.state_dict(), "batches_consumed": self._consumed()},
+            "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state(),
+                    "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
+            "nonfinite_total": self.nonfinite_total,
+            "world_size": self.dist.world_size,
+            "diffusion_config": config_to_dict(self.cfg),
+            "model_config": config_to_dict(self.mcfg),
+        }
+
+    def _reseed_dropout(self, step: int) -> None:
+        """Give each process its own dropout masks (the global RNG), reproducibly from (seed, rank, step)."""
+        if self.dist.enabled:
+            torch.manual_seed(self.cfg.seed * 1000 + 7919 * step + 17 + self.dist.rank)
+
+    def _consumed(self) -> int:
+        return self._batches_consumed if self._batches is not None else self.stream.batches_consumed
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint (written by any number of processes)."""
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        if state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
+        self.stream.load_state_dict(state["data"])
+        self._batches = None
+        self.generator.set_state(state["rng"]["generator"].to("cpu"))
+        self.step = int(state["step"])
+        if self.dist.world_size == 1 and state.get("world_size", 1) == 1:
+            # Dropout masks come from the global RNG; one process continues its own stream exactly.
+            torch.set_rng_state(state["rng"]["torch"].cpu())
+            if state["rng"].get("cuda") is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+        else:
+            self._reseed_dropout(self.step)
+        self.nonfinite_total = int(state.get("nonfinite_total", 0))
