@@ -14,7 +14,7 @@ from typing import Any
 from .config import PRESETS, ConfigError, DiffusionConfig, ModelConfig
 
 EPILOG = """examples:
-  ddpm train --preset demo                          # ~10 min on a 2-core CPU, built-in digits
+  ddpm train --preset demo                          # ~11 min on a 2-core CPU, built-in digits
   ddpm train --dataset folder:~/images --preset seed --max-steps 100000
   ddpm sample --run runs/demo --num-images 64 --out grid.png --npz samples.npz
   ddpm noise --dataset digits --timesteps 0,66,132,200 --out forward.png
@@ -28,6 +28,7 @@ def _field_help(cls: type) -> dict[str, str]:
     """Each dataclass field's comment (inline, or the comment lines just above it) as its help text."""
     helps: dict[str, str] = {}
     pending: list[str] = []
+    block = ""  # a comment block above several fields (beta_start, beta_end) describes them all
     for line in inspect.getsource(cls).splitlines():
         stripped = line.strip()
         if stripped.startswith("#"):
@@ -35,7 +36,13 @@ def _field_help(cls: type) -> dict[str, str]:
             continue
         m = re.match(r"^(\w+):[^=]+=.*?(?:#\s*(.*))?$", stripped)
         if m:
-            helps[m.group(1)] = m.group(2) or " ".join(pending)
+            if pending:
+                block = " ".join(pending)
+            helps[m.group(1)] = m.group(2) or block
+            if m.group(2):
+                block = ""
+        else:
+            block = ""
         pending = []
     return helps
 
@@ -257,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "sets a starting point that explicit flags override. The run folder receives config.json, "
                        "forward.png, metrics.jsonl, checkpoints/, samples/ and loss.png.")
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named configuration: 'demo' (digits, "
-                   "~10 min on 2 CPU cores) or 'seed' (the seed's 128x128 FFHQ model)")
+                   "~11 min on 2 CPU cores) or 'seed' (the seed's 128x128 FFHQ model)")
     p.add_argument("--dataset", dest="dataset_name", help="alias of --dataset-name")
     p.add_argument("--out", dest="out_dir", help="alias of --out-dir")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config, parameter count, and the "

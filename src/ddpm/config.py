@@ -96,7 +96,7 @@ class DiffusionConfig:
     use_augmentation: bool = False  # random horizontal flips
     timesteps_diff: int = 1000  # T, the number of diffusion steps (paper: 1000; seed: 200)
     # Linear beta schedule endpoints. None = the paper's 1e-4 and 0.02 scaled by 1000 / T, so x_T is
-    # pure noise for any T (the seed's T = 200 with the unscaled range keeps 36% of the signal).
+    # pure noise for any T (the seed's T = 200 with the unscaled range keeps 37% of the signal amplitude).
     beta_start: float | None = None
     beta_end: float | None = None
     max_steps: int = 800_000  # optimiser steps to train for (paper: 800k on CIFAR10)
