@@ -155,10 +155,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def _trajectory(model, schedule, args: argparse.Namespace, device) -> Path:
     """Record x_t and x0_hat of image 0 of the seed at 8 evenly spaced steps, as a figure."""
-    import torch
-
     from .images import trajectory_figure
-    from .runtime import resolve_precision
+    from .runtime import autocast, resolve_precision
     from .sampling import ddim_sample, ddpm_sample, image_generators, randn
 
     T = schedule.num_timesteps
@@ -175,7 +173,7 @@ def _trajectory(model, schedule, args: argparse.Namespace, device) -> Path:
     dtype = resolve_precision(args.precision, device)
 
     def net(x, t):
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast(device, dtype):
             return model(x, t)
 
     if args.sampler == "ddpm":

@@ -105,7 +105,12 @@ class DataSpec:
 
     @property
     def cache(self) -> Path:
-        return self.cache_dir or Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ddpm") / "datasets"
+        return self.cache_dir or cache_root() / "datasets"
+
+
+def cache_root() -> Path:
+    """The project's cache folder: $DDPM_CACHE, else ~/.cache/ddpm."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ddpm")
 
 
 DATASETS: dict[str, Callable[[DataSpec], Dataset]] = {}
@@ -254,11 +259,6 @@ class BatchStream:
     def __iter__(self) -> Iterator[list[int]]:
         while True:
             yield self.next_indices().tolist()
-
-    @property
-    def epoch(self) -> int:
-        """The epoch the next batch starts in."""
-        return self.batches_consumed * self.batch_size // self.num_items
 
     def state_dict(self) -> dict[str, int]:
         return {"batches_consumed": self.batches_consumed, "seed": self.seed, "batch_size": self.batch_size,

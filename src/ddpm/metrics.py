@@ -8,7 +8,6 @@ plus the classifier's confidence and class coverage of the samples.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +103,9 @@ def train_digits_classifier(seed: int = 0, epochs: int = 30) -> tuple[DigitsClas
     The weights are cached in ~/.cache/ddpm (or $DDPM_CACHE) under the seed and epoch count, so the
     features every evaluation uses are the same.
     """
-    cache = Path(os.environ.get("DDPM_CACHE", Path.home() / ".cache" / "ddpm")) / f"digits_classifier_s{seed}_e{epochs}.pt"
+    from .data import cache_root
+
+    cache = cache_root() / f"digits_classifier_s{seed}_e{epochs}.pt"
     x, y = _digits()
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(x), generator=gen)

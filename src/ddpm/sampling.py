@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .runtime import autocast
 from .schedule import NoiseSchedule, _gather
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -159,9 +160,7 @@ def sample_images(
     shape = (cfg.image_channels, cfg.image_size, cfg.image_size)
 
     def net(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if autocast_dtype is None:
-            return model(x, t)
-        with torch.autocast(device_type=device.type, dtype=autocast_dtype):
+        with autocast(device, autocast_dtype):
             return model(x, t)
 
     was_training = model.training
