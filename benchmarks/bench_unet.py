@@ -38,6 +38,14 @@ SIZES = {
                  train_batch=4),
 }
 SAMPLE_BATCH = 16
+DEVICE = torch.device("cpu")  # set by --device; "cuda" runs the same comparison on a GPU
+
+
+def _now() -> float:
+    """A timestamp after all queued GPU work has finished (plain perf_counter on the CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+    return time.perf_counter()
 
 
 def diffusers_unet(cfg: ModelConfig) -> torch.nn.Module:
@@ -81,7 +89,7 @@ class _Theirs(torch.nn.Module):
 
 def build(which: str, cfg: ModelConfig) -> torch.nn.Module:
     torch.manual_seed(0)
-    return _Ours(cfg) if which == "ours" else _Theirs(cfg)
+    return (_Ours(cfg) if which == "ours" else _Theirs(cfg)).to(DEVICE)
 
 
 def params(model: torch.nn.Module) -> int:
@@ -91,53 +99,65 @@ def params(model: torch.nn.Module) -> int:
 def forward_flops(model: torch.nn.Module, cfg: ModelConfig) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.randn(1, cfg.image_channels, cfg.image_size, cfg.image_size)
+    x = torch.randn(1, cfg.image_channels, cfg.image_size, cfg.image_size, device=DEVICE)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x, torch.tensor([10]))
+        model(x, torch.tensor([10], device=DEVICE))
     return counter.get_total_flops()
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    n = n if DEVICE.type == "cpu" else 8192
+    a, b = torch.randn(n, n, dtype=dtype, device=DEVICE), torch.randn(n, n, dtype=dtype, device=DEVICE)
     a @ b
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = _now()
         a @ b
-        times.append(time.perf_counter() - t0)
+        times.append(_now() - t0)
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def _autocast(bf16: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    return torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def train_step_time(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: ModelConfig, batch: int, bf16: bool) -> float:
-    x = torch.randn(batch, cfg.image_channels, cfg.image_size, cfg.image_size)
+    x = torch.randn(batch, cfg.image_channels, cfg.image_size, cfg.image_size, device=DEVICE)
     noise = torch.randn_like(x)
-    t = torch.randint(0, 1000, (batch,))
-    t0 = time.perf_counter()
+    t = torch.randint(0, 1000, (batch,), device=DEVICE)
+    t0 = _now()
     with _autocast(bf16):
         out = model(x, t)
     loss = F.mse_loss(out.float(), noise)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return time.perf_counter() - t0
+    return _now() - t0
 
 
 @torch.inference_mode()
 def sample_step_time(model: torch.nn.Module, cfg: ModelConfig, bf16: bool) -> float:
-    x = torch.randn(SAMPLE_BATCH, cfg.image_channels, cfg.image_size, cfg.image_size)
-    t = torch.full((SAMPLE_BATCH,), 500)
-    t0 = time.perf_counter()
+    x = torch.randn(SAMPLE_BATCH, cfg.image_channels, cfg.image_size, cfg.image_size, device=DEVICE)
+    t = torch.full((SAMPLE_BATCH,), 500, device=DEVICE)
+    t0 = _now()
     with _autocast(bf16):
         model(x, t)
-    return time.perf_counter() - t0
+    return _now() - t0
 
 
 def peak_memory_mb(which: str, size: str, bf16: bool) -> float:
-    """Peak RSS growth over 3 training steps, in a fresh process (Linux /proc VmHWM, reset before the steps)."""
+    """Peak RSS growth over 3 training steps, in a fresh process (Linux /proc VmHWM, reset before the steps).
+
+    On a GPU: the peak of torch.cuda.max_memory_allocated over the same steps, in this process.
+    """
+    if DEVICE.type == "cuda":
+        spec = SIZES[size]
+        model = build(which, spec["config"])
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+        for _ in range(3):
+            train_step_time(model, opt, spec["config"], spec["train_batch"], bf16)
+        return torch.cuda.max_memory_allocated(DEVICE) / 2**20
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_unet as b; "
             f"print(b._peak_memory_child({which!r}, {size!r}, {bf16!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -194,8 +214,9 @@ def bench_size(size: str, repeats: int) -> dict:
 
 
 def markdown(results: list[dict], peaks: dict, command: str) -> str:
-    lines = [f"Command: `{command}`  ", f"Machine: {platform.processor() or platform.machine()}, "
-             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; matmul peak (2048^3) "
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else (platform.processor() or platform.machine())
+    lines = [f"Command: `{command}`  ", f"Machine: {where}, "
+             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; measured matmul peak "
              f"fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s.", ""]
     for r in results:
         p, fl = r["params"], r["forward_gflops"]
@@ -230,7 +251,14 @@ def main() -> None:
     parser.add_argument("--sizes", default="cpu,seed", help="comma-separated: cpu, seed (default: both)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default="docs/benchmarks.md")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU comparison")
+    parser.add_argument("--train-batch", type=int, default=0, help="override both sizes' training batch (e.g. 64 on a GPU)")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if args.train_batch:
+        for spec in SIZES.values():
+            spec["train_batch"] = args.train_batch
     try:
         import diffusers  # noqa: F401
     except ImportError:
