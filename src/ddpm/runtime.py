@@ -49,3 +49,8 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """"fp32", "bf16" or "fp16" for an autocast dtype (None = no autocast)."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]

@@ -43,8 +43,8 @@ from .config import (
 )
 from .images import forward_process_figure, grid_image, loss_curve_figure, save_grid, to_uint8
 from .monitor import Monitor, read_metrics
+from .runtime import precision_name
 from .sampling import sample_images
-from .schedule import NoiseSchedule
 from .trainer import NUM_LOSS_BUCKETS, Trainer, ema_decay_at, ema_update
 from .unet import count_parameters
 
@@ -135,7 +135,7 @@ def _run(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         configs = {"diffusion_config": config_to_dict(cfg), "model_config": config_to_dict(mcfg)}
         (run_dir / "config.json").write_text(json.dumps(configs, indent=2) + "\n")
-        precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[trainer.amp_dtype]
+        precision = precision_name(trainer.amp_dtype) + (" autocast" if trainer.amp_dtype is not None else "")
         procs = f" x {trainer.dist.world_size} processes" if trainer.dist.enabled else ""
         print(f"ddpm: {len(trainer.dataset)} images from {cfg.dataset_name!r} at {mcfg.image_size}x{mcfg.image_size}x"
               f"{mcfg.image_channels}; U-Net with {count_parameters(trainer.model):,} parameters; "
@@ -145,8 +145,8 @@ def _run(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig) -> Path:
         if not (run_dir / "forward.png").exists():
             n_fig = min(4, len(trainer.dataset))
             forward_ts = sorted({round(f * schedule.num_timesteps) for f in FORWARD_FIGURE_FRACTIONS})
-            forward_process_figure(torch.stack([trainer.dataset[i] for i in range(n_fig)]),
-                                   NoiseSchedule.from_config(cfg), forward_ts, run_dir / "forward.png", seed=cfg.seed)
+            forward_process_figure(torch.stack([trainer.dataset[i] for i in range(n_fig)]), schedule, forward_ts,
+                                   run_dir / "forward.png", seed=cfg.seed)
     monitor = Monitor(run_dir, cfg.tensorboard, resume_step=start) if main else None
 
     def save_checkpoint() -> Path:
@@ -193,8 +193,7 @@ def _run(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig) -> Path:
                     row = window.flush(cfg.batch_size)
                     row.update(lr=trainer.lr_schedule.get_last_lr()[0], grad_norm=out["grad_norm"],
                                ema_decay=out["ema_decay"], nonfinite_steps=trainer.nonfinite_total)
-                    if trainer.device.type == "cuda":
-                        row["peak_memory_gb"] = torch.cuda.max_memory_allocated(trainer.device) / 2**30
+                    row["peak_memory_gb"] = _peak_memory_gb(trainer.device)
                     if main:
                         monitor.scalars(step, row)
                         bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
@@ -302,7 +301,7 @@ def dry_run(cfg: DiffusionConfig, mcfg: ModelConfig, steps: int = 3) -> dict[str
             "model_config": config_to_dict(mcfg),
             "parameters": count_parameters(trainer.model),
             "device": str(trainer.device),
-            "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[trainer.amp_dtype],
+            "precision": precision_name(trainer.amp_dtype),
             "seconds_per_step": times[len(times) // 2],
             "images_per_s": cfg.batch_size / times[len(times) // 2],
             "peak_memory_gb": _peak_memory_gb(trainer.device),
@@ -313,6 +312,7 @@ def dry_run(cfg: DiffusionConfig, mcfg: ModelConfig, steps: int = 3) -> dict[str
 
 
 def _peak_memory_gb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA allocations on a GPU, else the peak RSS."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     import resource
