@@ -201,7 +201,8 @@ class UNet(nn.Module):
                 f"UNet expects images of shape (B, {channels}, {size}, {size}) for this ModelConfig "
                 f"(image_size = lowest_resolution_size * 2**(levels-1)), got {tuple(x.shape)}."
             )
-        temb = F.silu(self.time_mlp(timestep_embedding(t, self.config.base_dim)))
+        # In x's dtype, so a float64 model runs (for references); autocast still governs the MLP's matmuls.
+        temb = F.silu(self.time_mlp(timestep_embedding(t, self.config.base_dim).to(x.dtype)))
         res = self._checkpointed if self.gradient_checkpointing and self.training else _call
 
         h = self.conv_in(x)
