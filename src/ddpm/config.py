@@ -14,6 +14,7 @@ from typing import Any
 EMBEDDING_PLACEMENTS = ("block_start", "after_conv1")
 SAMPLE_VARIANCES = ("beta", "beta_tilde")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 class ConfigError(ValueError):
@@ -115,6 +116,9 @@ class DiffusionConfig:
     batch_per_device: int = 0
     activation_checkpointing: bool = False  # recompute ResNet blocks in backward: less memory, ~30% more time
     compile_model: bool = False  # torch.compile the U-Net (slow first steps, faster after on GPUs)
+    # torch.compile mode: "default" (fused kernels), "reduce-overhead" (also CUDA graphs: for
+    # small models whose GPU steps are bound by kernel launches) or "max-autotune".
+    compile_mode: str = "default"
     channels_last: bool = False  # NHWC memory layout (often faster for convolutions on GPUs)
     device: str = "auto"  # "auto" = CUDA if available, else CPU; or any torch device string
     seed: int = 0  # seeds data order, timesteps, noise and the initialisation
@@ -165,6 +169,8 @@ class DiffusionConfig:
         _require(self.weight_decay >= 0, f"DiffusionConfig.weight_decay={self.weight_decay} must be >= 0.")
         _require(0.0 <= self.ema_decay < 1.0, f"DiffusionConfig.ema_decay={self.ema_decay} must lie in [0, 1) (paper: 0.9999).")
         _require(self.precision in PRECISIONS, f"DiffusionConfig.precision={self.precision!r}; choose one of {PRECISIONS}.")
+        _require(self.compile_mode in COMPILE_MODES,
+                 f"DiffusionConfig.compile_mode={self.compile_mode!r}; choose one of {COMPILE_MODES}.")
         _require(self.crop_mode in ("center", "pad"), f"DiffusionConfig.crop_mode={self.crop_mode!r}; choose 'center' or 'pad'.")
         _require(self.sample_variance in SAMPLE_VARIANCES,
                  f"DiffusionConfig.sample_variance={self.sample_variance!r}; choose one of {SAMPLE_VARIANCES}.")
@@ -182,7 +188,8 @@ class DiffusionConfig:
 RESUME_MUTABLE_FIELDS = frozenset({
     "max_steps", "out_dir", "resume", "data_root", "cache_dir", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
     "sample_every_steps", "num_sample_images", "num_workers", "device", "tensorboard", "extra",
-    "batch_per_device", "activation_checkpointing", "compile_model", "channels_last", "max_nonfinite_steps",
+    "batch_per_device", "activation_checkpointing", "compile_model", "compile_mode", "channels_last",
+    "max_nonfinite_steps",
 })
 
 

@@ -98,7 +98,7 @@ class Trainer:
         net: nn.Module = self.model
         if self.dist.enabled:
             net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.net = torch.compile(net) if cfg.compile_model else net
+        self.net = torch.compile(net, mode=cfg.compile_mode) if cfg.compile_model else net
 
         self.stream = BatchStream(len(self.dataset), cfg.batch_size, cfg.seed, self.dist.rank, self.dist.world_size)
         # Timesteps, noise and flips are drawn for the whole global batch from one generator seeded
