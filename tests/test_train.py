@@ -85,6 +85,8 @@ def test_bad_training_config_names_the_field():
         DiffusionConfig(beta_start=0.5, beta_end=0.1)
     with pytest.raises(ConfigError, match="precision"):
         DiffusionConfig(precision="fp8")
+    with pytest.raises(ConfigError, match=r"compile_mode='fast'.*reduce-overhead"):
+        DiffusionConfig(compile_model=True, compile_mode="fast")
 
 
 def test_folder_dataset_trains_with_augmentation(tmp_path):
