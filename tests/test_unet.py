@@ -10,7 +10,14 @@ from conftest import tiny_model_config
 
 from ddpm import ModelConfig
 from ddpm.config import ConfigError
-from ddpm.unet import AttentionBlock, ResBlock, UNet, count_parameters, timestep_embedding
+from ddpm.unet import (
+    AttentionBlock,
+    ResBlock,
+    UNet,
+    attention,
+    count_parameters,
+    timestep_embedding,
+)
 
 
 def test_seed_config_builds_128px_model_and_reports_parameter_count():
@@ -77,6 +84,29 @@ def test_attention_block_matches_explicit_softmax():
     a = torch.einsum("bhij,bjhd->bihd", w, v).reshape(2, 9, 8)
     expected = x + block.proj_out(a).transpose(1, 2).reshape(2, 8, 3, 3)
     torch.testing.assert_close(block(x), expected)
+
+
+def test_bf16_cpu_attention_path_matches_float64_and_its_gradients():
+    # The CPU bf16 path (plain matmuls + softmax) against float64, values and gradients, at the
+    # seed model's attention shape scaled down; held to bf16's resolution (eps = 7.8e-3).
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(4, 2, 64, 32, dtype=torch.float64) for _ in range(3))
+    ref_inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref = torch.softmax(ref_inputs[0] @ ref_inputs[1].transpose(-2, -1) / math.sqrt(32), dim=-1) @ ref_inputs[2]
+    ref.pow(2).sum().backward()
+    bf16_inputs = [t.to(torch.bfloat16).requires_grad_() for t in (q, k, v)]
+    out = attention(*bf16_inputs)
+    out.float().pow(2).sum().backward()
+    assert out.dtype == torch.bfloat16
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return ((a.double() - b).norm() / b.norm()).item()
+
+    assert rel(out, ref) < 2e-2
+    for got, want in zip(bf16_inputs, ref_inputs, strict=True):
+        assert rel(got.grad, want.grad) < 3e-2
+    # In float32 the function is PyTorch's fused kernel, which agrees with float64 to float32 rounding.
+    torch.testing.assert_close(attention(q.float(), k.float(), v.float()).double(), ref.detach(), atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize(
