@@ -1,6 +1,6 @@
 """Our U-Net against diffusers' UNet2DModel at equal configuration, side by side in one process.
 
-    make bench                                    # both sizes, writes docs/benchmarks.md
+    make bench                                    # both sizes, writes docs/bench_unet_cpu.md (+ .json)
     .venv/bin/python benchmarks/bench_unet.py --sizes cpu --repeats 5
 
 For each size: parameters and forward FLOPs (torch.utils.flop_counter) of both models; training
@@ -250,7 +250,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="cpu,seed", help="comma-separated: cpu, seed (default: both)")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--out", default="docs/benchmarks.md")
+    parser.add_argument("--out", default="docs/bench_unet_cpu.md")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU comparison")
     parser.add_argument("--train-batch", type=int, default=0, help="override both sizes' training batch (e.g. 64 on a GPU)")
     args = parser.parse_args()

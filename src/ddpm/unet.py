@@ -71,6 +71,33 @@ class ResBlock(nn.Module):
         return self.shortcut(x) + h
 
 
+class _MatmulAttention(torch.autograd.Function):
+    """softmax(q k^T / sqrt(d)) v from two plain matmuls and a softmax.
+
+    Backward recomputes the L x L attention weights from q and k instead of saving them, as flash
+    attention does, so training keeps no more memory than the fused kernel's.
+    """
+
+    @staticmethod
+    def _weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(q, k, v)
+        return _MatmulAttention._weights(q, k) @ v
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v = ctx.saved_tensors
+        grad_out = grad_out.to(v.dtype)
+        w = _MatmulAttention._weights(q, k)
+        grad_v = w.transpose(-2, -1) @ grad_out
+        # The softmax's own backward kernel (what autograd would call), accumulating in float32.
+        grad_s = torch._softmax_backward_data(grad_out @ v.transpose(-2, -1), w, -1, w.dtype) * q.shape[-1] ** -0.5
+        return grad_s @ k, grad_s.transpose(-2, -1) @ q, grad_v
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v over (..., L, d) tensors.
 
@@ -80,8 +107,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     ~5e-3 where the fused kernel has ~4e-3, both at bf16's resolution (benchmarks/bench_attention.py).
     """
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-        weights = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
-        return weights @ v
+        return _MatmulAttention.apply(q, k, v)
     return F.scaled_dot_product_attention(q, k, v)
 
 
