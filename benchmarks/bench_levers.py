@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from bench_unet import SIZES
 
+from ddpm.trainer import adamw
 from ddpm.unet import UNet
 
 # A variant is a precision and any of the levers, joined by " + " (e.g. "bf16 + channels_last").
@@ -37,6 +38,13 @@ def parse_variant(name: str) -> tuple[torch.dtype | None, set[str]]:
     if precision not in ("fp32", "bf16") or not set(levers) <= set(LEVERS):
         raise SystemExit(f"variant {name!r}: start with fp32 or bf16, then any of {', '.join(LEVERS)} joined by ' + '.")
     return (torch.bfloat16 if precision == "bf16" else None), set(levers)
+
+
+def _sync(device: torch.device) -> float:
+    """A timestamp after the device has finished its queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 class Step:
@@ -55,22 +63,17 @@ class Step:
         if "compile" in levers or "compile_reduce_overhead" in levers:
             mode = "reduce-overhead" if "compile_reduce_overhead" in levers else "default"
             self.net = torch.compile(self.model, mode=mode)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.opt = adamw(self.model.parameters(), 1e-4, 0.0, device)
         shape = (batch, cfg.image_channels, cfg.image_size, cfg.image_size)
         self.x = torch.randn(shape, device=device).contiguous(memory_format=fmt)
         self.noise = torch.randn(shape, device=device)
         self.t = torch.randint(0, 1000, (batch,), device=device)
 
-    def _sync(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
-
     def __call__(self) -> float:
         torch.backends.cuda.matmul.allow_tf32 = self.tf32
         torch.backends.cudnn.allow_tf32 = self.tf32
         torch.backends.cudnn.benchmark = self.cudnn_benchmark
-        t0 = self._sync()
+        t0 = _sync(self.device)
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             out = self.net(self.x, self.t)
         loss = F.mse_loss(out.float(), self.noise)
@@ -78,7 +81,29 @@ class Step:
         loss.backward()
         self.opt.step()
         self.host_s = time.perf_counter() - t0  # the CPU's time to queue the step; near the total = launch-bound
-        return self._sync() - t0
+        return _sync(self.device) - t0
+
+
+def optimizer_table(size: str, device: torch.device, repeats: int) -> None:
+    """Milliseconds per AdamW step on this size's parameters (random gradients), three kernels."""
+    model = UNet(SIZES[size]["config"]).to(device)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    kinds = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+    opts = {k: torch.optim.AdamW(model.parameters(), lr=1e-4, **kw) for k, kw in kinds.items()}
+    times: dict[str, list[float]] = {k: [] for k in opts}
+    for r in range(repeats + 2):
+        for k, opt in opts.items():
+            t0 = _sync(device)
+            opt.step()
+            if r >= 2:  # the first two steps allocate the moments
+                times[k].append(_sync(device) - t0)
+    ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
+    print(f"AdamW step, {size} size ({sum(p.numel() for p in model.parameters()):,} parameters), {device}, "
+          f"median of {repeats}:")
+    print("| AdamW kernel | ms per step | vs default |\n|---|---|---|")
+    for k, v in ms.items():
+        print(f"| {k} | {v:.1f} | {ms['default'] / v:.2f}x |")
 
 
 def main() -> None:
@@ -90,9 +115,13 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile variants")
     parser.add_argument("--variants", default="", help="comma-separated variants, e.g. 'bf16,bf16 + channels_last' "
                         f"(default: {', '.join(VARIANTS)}; levers: {', '.join(LEVERS)})")
+    parser.add_argument("--optimizer", action="store_true",
+                        help="instead: time one AdamW step on the size's parameters, default vs foreach vs fused")
     parser.add_argument("--out", help="also write the table (markdown) and the raw medians (.json beside it)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.optimizer:
+        return optimizer_table(args.size, device, args.repeats)
     batch = args.batch or SIZES[args.size]["train_batch"]
     names = args.variants.split(",") if args.variants else [
         n for n in VARIANTS

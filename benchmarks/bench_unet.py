@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_unet.py --sizes cpu --repeats 5
 
 For each size: parameters and forward FLOPs (torch.utils.flop_counter) of both models; training
-step (forward, loss, backward, AdamW) images/s and sampling-step latency at batch 16, in fp32 and
+step (forward, loss, backward, AdamW as each side ships it) images/s and sampling-step latency at batch 16, in fp32 and
 with bf16 autocast; peak training memory (RSS growth over the steps, in a fresh subprocess per model);
 the achieved GFLOP/s against this machine's measured matmul peak. Runs alternate the two models
 and report medians and our/their ratios. diffusers is a benchmark-only dependency (`.[bench]`).
@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ddpm import ModelConfig
+from ddpm.trainer import adamw
 from ddpm.unet import UNet
 
 SIZES = {
@@ -92,6 +93,14 @@ def build(which: str, cfg: ModelConfig) -> torch.nn.Module:
     return (_Ours(cfg) if which == "ours" else _Theirs(cfg)).to(DEVICE)
 
 
+def optimizer_for(which: str, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Each side's optimizer as it ships: ours as our trainer builds it (PyTorch's fused AdamW kernel),
+    diffusers' as its examples/unconditional_image_generation/train_unconditional.py does (plain AdamW)."""
+    if which == "ours":
+        return adamw(model.parameters(), 1e-4, 0.0, DEVICE)
+    return torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+
 def params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -153,7 +162,7 @@ def peak_memory_mb(which: str, size: str, bf16: bool) -> float:
     if DEVICE.type == "cuda":
         spec = SIZES[size]
         model = build(which, spec["config"])
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        opt = optimizer_for(which, model)
         torch.cuda.reset_peak_memory_stats(DEVICE)
         for _ in range(3):
             train_step_time(model, opt, spec["config"], spec["train_batch"], bf16)
@@ -174,7 +183,7 @@ def _rss_kb(field: str) -> int:
 def _peak_memory_child(which: str, size: str, bf16: bool) -> float:
     spec = SIZES[size]
     model = build(which, spec["config"])
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = optimizer_for(which, model)
     train_step_time(model, opt, spec["config"], 1, bf16)  # allocate optimizer state
     before = _rss_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak-RSS mark (VmHWM) to now
@@ -187,7 +196,7 @@ def bench_size(size: str, repeats: int) -> dict:
     spec = SIZES[size]
     cfg, batch = spec["config"], spec["train_batch"]
     models = {w: build(w, cfg) for w in ("ours", "theirs")}
-    opts = {w: torch.optim.AdamW(m.parameters(), lr=1e-4) for w, m in models.items()}
+    opts = {w: optimizer_for(w, m) for w, m in models.items()}
     result: dict = {"size": size, "image_size": cfg.image_size, "train_batch": batch,
                     "params": {w: params(m) for w, m in models.items()},
                     "forward_gflops": {w: forward_flops(m, cfg) / 1e9 for w, m in models.items()}}

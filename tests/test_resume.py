@@ -189,3 +189,38 @@ def test_sigkill_mid_run_then_resume(tmp_path):
     assert load_checkpoint(list_checkpoints(run)[-1])["step"] == target
     steps = [row["step"] for row in read_metrics(run)]
     assert steps == list(range(1, target + 1))  # rows the killed run logged past its checkpoint were dropped
+
+
+def test_fused_adamw_takes_the_reference_adamw_step():
+    # Our optimizer uses PyTorch's fused kernel; the reference is its plain single-tensor loop.
+    from ddpm.trainer import adamw
+
+    torch.manual_seed(0)
+    a, b = UNet(tiny_model_config()), UNet(tiny_model_config())
+    b.load_state_dict(a.state_dict())
+    fused = adamw(a.parameters(), 1e-3, 0.01, torch.device("cpu"))
+    plain = torch.optim.AdamW(b.parameters(), lr=1e-3, weight_decay=0.01, foreach=False)
+    assert fused.defaults["fused"] is True
+    for _ in range(5):
+        for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+            pa.grad = torch.randn_like(pa)
+            pb.grad = pa.grad.clone()
+        fused.step()
+        plain.step()
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5)
+
+
+def test_resume_from_a_checkpoint_of_the_unfused_optimizer(tmp_path):
+    # Checkpoints written before the fused kernel hold fused=False in their param groups; a resumed
+    # run must still step (with the fused kernel) and reach the step count asked for.
+    run = train_diffusion(_cfg(tmp_path, max_steps=4, checkpoint_every_steps=4), tiny_model_config())
+    path = run / "checkpoints" / "step_00000004.pt"
+    state = load_checkpoint(path)
+    for group in state["optimizer"]["param_groups"]:
+        group["fused"], group["foreach"] = None, None
+    torch.save(state, path)
+    train_diffusion(_cfg(tmp_path, max_steps=6, resume=True), tiny_model_config())
+    resumed = load_checkpoint(run / "checkpoints" / "step_00000006.pt")
+    assert resumed["step"] == 6
+    assert all(g["fused"] is True for g in resumed["optimizer"]["param_groups"])

@@ -44,6 +44,14 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     torch._foreach_lerp_(ema_params, model_params, 1.0 - decay)
 
 
+def adamw(params, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with PyTorch's fused kernel where it exists (CPU, CUDA): one pass over each tensor
+    instead of ~10, 2.6x faster than the default on the CPU for the 61M-parameter seed model
+    (benchmarks/bench_levers.py --optimizer). The same update, to float rounding."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 def ema_decay_at(step: int, config: DiffusionConfig) -> float:
     """The EMA decay used after optimiser step `step` (1-based), with the optional warm-up."""
     if config.ema_warmup:
@@ -92,7 +100,7 @@ class Trainer:
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = copy.deepcopy(self.model).float().eval().requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.optimizer = adamw(self.model.parameters(), cfg.learning_rate, cfg.weight_decay, self.device)
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
         net: nn.Module = self.model
@@ -219,6 +227,11 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # the kernel is this machine's choice, not the checkpoint's
+            group["fused"], group["foreach"] = self.optimizer.defaults["fused"], self.optimizer.defaults["foreach"]
+            for p in group["params"]:  # the fused kernel keeps its step counts on the parameters' device
+                if "step" in self.optimizer.state.get(p, {}):
+                    self.optimizer.state[p]["step"] = self.optimizer.state[p]["step"].to(p.device, torch.float32)
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         if state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
