@@ -107,7 +107,7 @@ def ddim_sample(
     eta = 0 is deterministic given x_T; eta = 1 with all T steps has the DDPM marginals.
     """
     ts = respaced_timesteps(schedule.num_timesteps, num_steps)
-    abar = schedule.alphas_cumprod
+    abar = schedule.alphas_cumprod.tolist()  # Python floats once: no device sync inside the loop
     x = x_T.float()
     for j, i in enumerate(tqdm(ts, desc="sampling (DDIM)", disable=not progress, leave=False)):
         t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
@@ -118,8 +118,8 @@ def ddim_sample(
             eps = (x - _gather(schedule.sqrt_alphas_cumprod, t, x) * x0) / _gather(schedule.sqrt_one_minus_alphas_cumprod, t, x)
         if callback is not None:
             callback(i, x, x0)
-        a_t = float(abar[i])
-        a_prev = float(abar[ts[j + 1]]) if j + 1 < len(ts) else 1.0
+        a_t = abar[i]
+        a_prev = abar[ts[j + 1]] if j + 1 < len(ts) else 1.0
         sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
         x = a_prev**0.5 * x0 + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps
         if sigma > 0:
