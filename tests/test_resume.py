@@ -74,6 +74,18 @@ def test_broken_newest_checkpoint_falls_back_to_the_previous(tmp_path):
     assert load_checkpoint(newest)["step"] == 6  # redone from step 3 and written whole
 
 
+def test_sample_and_export_pass_over_a_broken_newest_checkpoint(tmp_path):
+    run = train_diffusion(_cfg(tmp_path, max_steps=6, checkpoint_every_steps=3), tiny_model_config())
+    newest = run / "checkpoints" / "step_00000006.pt"
+    newest.write_bytes(newest.read_bytes()[:500])
+    for command in (["export", "--out", str(tmp_path / "m.safetensors")], ["sample", "--num-images", "2"]):
+        r = subprocess.run([sys.executable, "-m", "ddpm", *command, "--run", str(run)], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert "step_00000006.pt cannot be loaded safely" in r.stderr and "step_00000003.pt" in r.stdout
+    assert json.loads((tmp_path / "m.json").read_text())["step"] == 3
+
+
 def test_keep_last_n_checkpoints(tmp_path):
     run = train_diffusion(_cfg(tmp_path, max_steps=10, checkpoint_every_steps=2, keep_checkpoints=2), tiny_model_config())
     assert [p.name for p in list_checkpoints(run)] == ["step_00000008.pt", "step_00000010.pt"]

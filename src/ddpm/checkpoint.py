@@ -70,15 +70,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def export_ema(checkpoint: str | Path, out: str | Path) -> Path:
+def export_ema(checkpoint: str | Path | dict[str, Any], out: str | Path) -> Path:
     """Write a checkpoint's EMA weights to safetensors, with the configs in its metadata and beside it.
 
-    The .safetensors file is all `ddpm sample --checkpoint` needs; OUT.json holds the same configs
-    for people and other tools.
+    Args:
+        checkpoint: a checkpoint file, or a state already loaded from one (see load_source).
+        out: the .safetensors path; OUT.json gets the same configs for people and other tools.
+    The .safetensors file is all `ddpm sample --checkpoint` needs.
     """
     from safetensors.torch import save_file
 
-    state = load_checkpoint(checkpoint)
+    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     configs = {"model_config": state["model_config"], "diffusion_config": state["diffusion_config"], "step": state["step"]}
@@ -107,26 +109,38 @@ def model_from_checkpoint(
 ) -> tuple[UNet, DiffusionConfig, ModelConfig, int]:
     """The EMA model (eval mode), its configs and its training step, from a checkpoint or an export."""
     path = Path(path)
-    if path.suffix == ".safetensors":
-        state = _load_safetensors(path, map_location)
-    else:
-        state = load_checkpoint(path, map_location)
+    return model_from_state(_load_model_state(path, map_location), path, map_location)
+
+
+def model_from_state(
+    state: dict[str, Any], source: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[UNet, DiffusionConfig, ModelConfig, int]:
+    """Like model_from_checkpoint, from a state already loaded (source names it in errors)."""
     model_config = config_from_dict(ModelConfig, state["model_config"])
     diffusion_config = config_from_dict(DiffusionConfig, state["diffusion_config"])
     model = UNet(model_config)
     try:
         model.load_state_dict(state["ema"])
     except RuntimeError as err:
-        raise CheckpointError(f"Checkpoint {path}: EMA weights do not fit its ModelConfig ({str(err)[:300]}).") from None
+        raise CheckpointError(f"Checkpoint {source}: EMA weights do not fit its ModelConfig ({str(err)[:300]}).") from None
     return model.to(map_location).eval(), diffusion_config, model_config, int(state["step"])
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path:
-    """The newest checkpoint of a run folder, or a CheckpointError saying none was found."""
-    found = list_checkpoints(Path(run_dir))
-    if not found:
-        raise CheckpointError(f"No checkpoint in {Path(run_dir) / 'checkpoints'}; train first, or pass --checkpoint FILE.")
-    return found[-1]
+def _load_model_state(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    return _load_safetensors(path, map_location) if path.suffix == ".safetensors" else load_checkpoint(path, map_location)
+
+
+def load_source(
+    checkpoint: str | Path | None, run_dir: str | Path | None, map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, Any], Path]:
+    """(state, path) of the model a command should use: the given checkpoint or export, else the
+    newest checkpoint of run_dir that loads (broken newer ones are reported and passed over)."""
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        return _load_model_state(path, map_location), path
+    if run_dir is None:
+        raise CheckpointError("Name a model: --run RUN_DIR (its newest checkpoint) or --checkpoint FILE.")
+    return load_latest_valid(run_dir, map_location)
 
 
 def load_latest_valid(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path]:

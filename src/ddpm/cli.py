@@ -102,26 +102,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .checkpoint import export_ema, latest_checkpoint
+    from .checkpoint import export_ema, load_source
 
-    path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(args.run)
-    out = export_ema(path, args.out)
+    state, path = load_source(args.checkpoint, args.run)
+    out = export_ema(state, args.out)
     print(f"ddpm: EMA weights of {path} -> {out} (configs in its metadata and in {out.with_suffix('.json')})")
     return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from . import distributed
-    from .checkpoint import latest_checkpoint, model_from_checkpoint
+    from .checkpoint import load_source, model_from_state
     from .images import save_grid, save_npz, save_png_folder
     from .runtime import resolve_device, resolve_precision
     from .sampling import sample_images
     from .schedule import NoiseSchedule
 
-    path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(args.run)
     info, device = distributed.setup(resolve_device(args.device))
     try:
-        model, diff_config, _, step = model_from_checkpoint(path, device)
+        state, path = load_source(args.checkpoint, args.run, device)
+        model, diff_config, _, step = model_from_state(state, path, device)
+        del state
         schedule = NoiseSchedule.from_config(diff_config).to(device)
         seed = args.seed
         variance = args.variance or diff_config.sample_variance
