@@ -10,6 +10,7 @@ float64. ddpm.unet.attention takes the plain path for bf16 on the CPU because of
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
@@ -37,6 +38,7 @@ def median_ms(fn, repeats: int = 15) -> float:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print("| batch, tokens, d | dtype | fused: fwd+bwd ms | plain: fwd+bwd ms | plain / fused speed | "
           "fused error | plain error |")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ddpm.checkpoint import latest_checkpoint, model_from_checkpoint
+from ddpm.checkpoint import load_source, model_from_state
 from ddpm.images import save_grid
 from ddpm.metrics import digits_score, train_digits_classifier
 from ddpm.runtime import resolve_precision
@@ -40,8 +40,8 @@ def main() -> None:
     parser.add_argument("--grids", help="folder for one 64-image grid per configuration")
     args = parser.parse_args()
 
-    path = latest_checkpoint(args.run)
-    model, dcfg, _, step = model_from_checkpoint(path)
+    state, path = load_source(None, args.run)
+    model, dcfg, _, step = model_from_state(state, path)
     schedule = NoiseSchedule.from_config(dcfg)
     dtype = resolve_precision(args.precision, torch.device("cpu"))
     classifier, accuracy = train_digits_classifier()

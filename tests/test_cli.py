@@ -134,3 +134,16 @@ def test_seed_snippet_with_digits_trains_and_saves(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "run" / "checkpoints" / "step_00000002.pt").is_file()
     assert (tmp_path / "run" / "samples" / "step_00000002.png").is_file()
+
+
+@pytest.mark.parametrize("script", sorted(p.stem for p in (Path(__file__).parents[1] / "benchmarks").glob("*.py")))
+def test_benchmark_scripts_import_and_explain_themselves(script, monkeypatch):
+    # The benchmarks are run by hand (and on lent GPUs): at least their imports and --help must
+    # keep working as the package changes under them.
+    import importlib
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    module = importlib.import_module(script)
+    assert module.__doc__ and callable(module.main)
+    r = subprocess.run([sys.executable, str(Path(module.__file__)), "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "usage:" in r.stdout, r.stderr
