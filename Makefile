@@ -23,9 +23,14 @@ test: $(VENV)/.installed
 test-slow: $(VENV)/.installed
 	$(BIN)/pytest -q -m slow
 
+# The CPU benchmark suite (~10 min, run it alone on the machine): tables land in docs/bench_*_cpu.md.
 bench: $(VENV)/.installed
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'
-	$(BIN)/python benchmarks/bench_unet.py
+	$(BIN)/python benchmarks/bench_unet.py --out docs/bench_unet_cpu.md
+	$(BIN)/python benchmarks/bench_sampling.py > docs/bench_sampling_cpu.md
+	$(BIN)/python benchmarks/bench_attention.py > docs/bench_attention_cpu.md
+	$(BIN)/python benchmarks/bench_levers.py --optimizer --size seed > docs/bench_optimizer_cpu.md
+	$(BIN)/python benchmarks/bench_levers.py --size cpu --out docs/bench_levers_cpu.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -55,6 +55,8 @@ def main() -> None:
             fn()
             times[name].append(time.perf_counter() - t0)
     base = statistics.median(times["diffusers DDIMPipeline, fp32 (default)"])
+    print(f"`python benchmarks/bench_sampling.py`: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          "equal U-Nets (bench_unet.py's 32x32 size), random weights, alternating runs.\n")
     print(f"| {args.images} images, DDIM {args.steps} steps, 32x32 | seconds (median of {args.repeats}) | "
           "speed-up over diffusers |")
     print("|---|---|---|")
