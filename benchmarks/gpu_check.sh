@@ -9,8 +9,8 @@
 #   tests    pytest -m gpu: CUDA vs float64 CPU, fp32/bf16/fp16 training and resume, NCCL collectives,
 #            channels_last and torch.compile training like the plain model                (~80 s)
 #   bench    bench_unet.py at 32x32 and 128x128, batch 64: ours vs diffusers, fp32 and bf16  (~40 s)
-#   levers   bench_levers.py at 128x128: precisions, channels_last, cudnn.benchmark; and bf16 at
-#            batch 16 and 256 (is the step bound by the CPU launching kernels?)         (~60 s)
+#   levers   bench_levers.py at 128x128: precisions, channels_last, cudnn.benchmark; bf16 at
+#            batch 16 and 256 (is the step bound by the CPU launching kernels?); AdamW kernels (~70 s)
 #   compile  torch.compile (default, and reduce-overhead = CUDA graphs) at 32x32 and 128x128,
 #            ~90 s of compilation per variant at 128x128                                (~300 s)
 #   loop     the real training loop at the seed size on a synthetic 128x128 folder        (~40 s)
@@ -42,6 +42,7 @@ part_levers() {
     for b in 16 256; do
         levers 45 --size seed --batch "$b" --repeats 5 --variants "bf16" --out "$OUT/levers_seed_b$b.md"
     done
+    levers 45 --size seed --optimizer --repeats 10 | tee "$OUT/optimizer_seed.md"  # default vs foreach vs fused AdamW
 }
 
 part_compile() {

@@ -102,7 +102,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     """softmax(q k^T / sqrt(d)) v over (..., L, d) tensors.
 
     PyTorch's fused kernel everywhere except bf16 on the CPU. There, two plain matmuls (oneDNN runs
-    them on AMX) and a softmax make forward + backward 2.7-4.6x faster than the fused flash kernel
+    them on AMX) and a softmax make forward + backward 2.3-5x faster than the fused flash kernel
     at this U-Net's sizes (64-256 tokens, d = 64 to 512). Their relative error against float64 is
     ~5e-3 where the fused kernel has ~4e-3, both at bf16's resolution (benchmarks/bench_attention.py).
     """
