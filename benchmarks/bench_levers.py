@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from bench_unet import SIZES
+from bench_unet import SIZES, synced_time, train_step
 
 from ddpm.trainer import adamw
 from ddpm.unet import UNet
@@ -38,13 +37,6 @@ def parse_variant(name: str) -> tuple[torch.dtype | None, set[str]]:
     if precision not in ("fp32", "bf16") or not set(levers) <= set(LEVERS):
         raise SystemExit(f"variant {name!r}: start with fp32 or bf16, then any of {', '.join(LEVERS)} joined by ' + '.")
     return (torch.bfloat16 if precision == "bf16" else None), set(levers)
-
-
-def _sync(device: torch.device) -> float:
-    """A timestamp after the device has finished its queued work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 class Step:
@@ -73,15 +65,10 @@ class Step:
         torch.backends.cuda.matmul.allow_tf32 = self.tf32
         torch.backends.cudnn.allow_tf32 = self.tf32
         torch.backends.cudnn.benchmark = self.cudnn_benchmark
-        t0 = _sync(self.device)
-        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-            out = self.net(self.x, self.t)
-        loss = F.mse_loss(out.float(), self.noise)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        t0 = synced_time(self.device)
+        train_step(self.net, self.opt, self.x, self.t, self.noise, self.dtype)
         self.host_s = time.perf_counter() - t0  # the CPU's time to queue the step; near the total = launch-bound
-        return _sync(self.device) - t0
+        return synced_time(self.device) - t0
 
 
 def optimizer_table(size: str, device: torch.device, repeats: int) -> None:
@@ -94,10 +81,10 @@ def optimizer_table(size: str, device: torch.device, repeats: int) -> None:
     times: dict[str, list[float]] = {k: [] for k in opts}
     for r in range(repeats + 2):
         for k, opt in opts.items():
-            t0 = _sync(device)
+            t0 = synced_time(device)
             opt.step()
             if r >= 2:  # the first two steps allocate the moments
-                times[k].append(_sync(device) - t0)
+                times[k].append(synced_time(device) - t0)
     ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
     print(f"AdamW step, {size} size ({sum(p.numel() for p in model.parameters()):,} parameters), {device}, "
           f"median of {repeats}:")

@@ -42,11 +42,15 @@ SAMPLE_BATCH = 16
 DEVICE = torch.device("cpu")  # set by --device; "cuda" runs the same comparison on a GPU
 
 
-def _now() -> float:
-    """A timestamp after all queued GPU work has finished (plain perf_counter on the CPU)."""
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize(DEVICE)
+def synced_time(device: torch.device) -> float:
+    """A timestamp after all work queued on device has finished (plain perf_counter on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter()
+
+
+def _now() -> float:
+    return synced_time(DEVICE)
 
 
 def diffusers_unet(cfg: ModelConfig) -> torch.nn.Module:
@@ -130,17 +134,24 @@ def _autocast(bf16: bool):
     return torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=bf16)
 
 
-def train_step_time(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: ModelConfig, batch: int, bf16: bool) -> float:
-    x = torch.randn(batch, cfg.image_channels, cfg.image_size, cfg.image_size, device=DEVICE)
-    noise = torch.randn_like(x)
-    t = torch.randint(0, 1000, (batch,), device=DEVICE)
-    t0 = _now()
-    with _autocast(bf16):
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, t: torch.Tensor,
+               noise: torch.Tensor, dtype: torch.dtype | None) -> None:
+    """One training step as the benchmarks time it: forward (autocast to dtype, or fp32 for None),
+    MSE against the noise, backward, optimizer step."""
+    with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         out = model(x, t)
     loss = F.mse_loss(out.float(), noise)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
+
+
+def train_step_time(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: ModelConfig, batch: int, bf16: bool) -> float:
+    x = torch.randn(batch, cfg.image_channels, cfg.image_size, cfg.image_size, device=DEVICE)
+    noise = torch.randn_like(x)
+    t = torch.randint(0, 1000, (batch,), device=DEVICE)
+    t0 = _now()
+    train_step(model, opt, x, t, noise, torch.bfloat16 if bf16 else None)
     return _now() - t0
 
 
