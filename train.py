@@ -2,7 +2,7 @@
 
     from train import train_diffusion, DiffusionConfig, ModelConfig
 
-It re-exports the package's public API; the training loop lives in src/ddpm/train.py.
+It re-exports the package's public API; the training loop lives in src/ddpm/training/loop.py.
 """
 
 try:

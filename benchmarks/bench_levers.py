@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from bench_unet import SIZES, synced_time, train_step
 
-from ddpm.trainer import adamw
+from ddpm.training.trainer import adamw
 from ddpm.unet import UNet
 
 # A variant is a precision and any of the levers, joined by " + " (e.g. "bf16 + channels_last").

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ddpm import ModelConfig
-from ddpm.trainer import adamw
+from ddpm.training.trainer import adamw
 from ddpm.unet import UNet
 
 SIZES = {

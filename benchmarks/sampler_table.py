@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from ddpm.checkpoint import load_source, model_from_state
+from ddpm.generate import sample_images
 from ddpm.images import save_grid
 from ddpm.metrics import digits_score, train_digits_classifier
 from ddpm.runtime import resolve_precision
-from ddpm.sampling import sample_images
 from ddpm.schedule import NoiseSchedule
 
 CONFIGS = [  # (sampler, steps, variance or eta)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddpm.checkpoint import list_checkpoints, load_checkpoint
+from ddpm.checkpoint import load_checkpoint
+from ddpm.run_dir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "digits", "--lowest-resolution-size", "4", "--dim-multiply", "1,2", "--transformer-layers", "0",
@@ -42,7 +43,7 @@ def test_train_sample_noise_end_to_end(tmp_path):
     assert arr.dtype == np.uint8 and arr.shape == (6, 8, 8, 1)
     assert Image.open(tmp_path / "g.png").size[0] > 0
     # The same seed reproduces the same images, through the DDIM path too.
-    r2 = ddpm("sample", "--checkpoint", str(list_checkpoints(run)[-1]), "--num-images", "6", "--seed", "3",
+    r2 = ddpm("sample", "--checkpoint", str(RunDir(run).checkpoints()[-1]), "--num-images", "6", "--seed", "3",
               "--batch-size", "4", "--out", str(tmp_path / "g2.png"), "--npz", str(tmp_path / "s2.npz"))
     assert r2.returncode == 0, r2.stderr
     np.testing.assert_array_equal(np.load(tmp_path / "s2.npz")["arr_0"], arr)
@@ -118,7 +119,7 @@ def test_sigint_writes_a_checkpoint_and_exits_cleanly(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    ckpts = list_checkpoints(run)
+    ckpts = RunDir(run).checkpoints()
     assert len(ckpts) == 1
     state = load_checkpoint(ckpts[-1])
     logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -13,7 +13,7 @@ import torch
 from conftest import tiny_diffusion_config, tiny_model_config
 from PIL import Image
 
-import ddpm.trainer as trainer_module
+import ddpm.training.trainer as trainer_module
 from ddpm import train_diffusion
 from ddpm.checkpoint import load_checkpoint
 from ddpm.data import (

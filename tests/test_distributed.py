@@ -11,8 +11,8 @@ import pytest
 import torch
 from test_cli import TINY
 
-from ddpm.checkpoint import list_checkpoints, load_checkpoint
-from ddpm.monitor import read_metrics
+from ddpm.checkpoint import load_checkpoint
+from ddpm.run_dir import RunDir
 
 # All-reduce sums gradients in another order than one process does: equal to float32 rounding.
 ATOL = 1e-5
@@ -57,15 +57,15 @@ def test_two_processes_take_the_same_steps_as_one(runs):
         name = f"step_{step:08d}.pt"
         assert_close_states(load_checkpoint(root / "one" / "checkpoints" / name),
                             load_checkpoint(root / "two" / "checkpoints" / name))
-    one, two = read_metrics(root / "one"), read_metrics(root / "two")
+    one, two = RunDir(root / "one").metrics(), RunDir(root / "two").metrics()
     # The logged loss is all-reduced over processes: the global batch's mean, as in one process.
     np.testing.assert_allclose([r["loss"] for r in one], [r["loss"] for r in two], rtol=1e-4)
 
 
 def test_only_rank_zero_writes(runs):
     root, r = runs
-    assert [p.name for p in list_checkpoints(root / "two")] == ["step_00000002.pt", "step_00000004.pt"]
-    assert [row["step"] for row in read_metrics(root / "two")] == [1, 2, 3, 4]
+    assert [p.name for p in RunDir(root / "two").checkpoints()] == ["step_00000002.pt", "step_00000004.pt"]
+    assert [row["step"] for row in RunDir(root / "two").metrics()] == [1, 2, 3, 4]
     assert r.stdout.count("ddpm: checkpoint") == 1 and "x 2 processes" in r.stdout
     assert not [p for p in (root / "two" / "checkpoints").iterdir() if p.name.endswith(".tmp")]
 

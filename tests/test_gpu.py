@@ -13,7 +13,7 @@ from conftest import tiny_diffusion_config, tiny_model_config
 
 from ddpm import ModelConfig, train_diffusion
 from ddpm.checkpoint import load_checkpoint
-from ddpm.sampling import ddim_sample
+from ddpm.samplers import ddim_sample, timestep_list
 from ddpm.schedule import NoiseSchedule
 from ddpm.unet import UNet
 
@@ -64,8 +64,8 @@ def test_ddim_on_cuda_matches_cpu_from_the_same_noise():
     model = _randomised_unet(cfg)
     schedule = NoiseSchedule(40, 2e-3, 0.4)
     x_T = torch.randn(4, 1, 8, 8)
-    cpu = ddim_sample(model, schedule, x_T, num_steps=10)
-    gpu = ddim_sample(model.to(CUDA), schedule.to(CUDA), x_T.to(CUDA), num_steps=10)
+    cpu = ddim_sample(model, schedule, x_T, timesteps=timestep_list(schedule, 10))
+    gpu = ddim_sample(model.to(CUDA), schedule.to(CUDA), x_T.to(CUDA), timesteps=timestep_list(schedule, 10))
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4)
 
 

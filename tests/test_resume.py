@@ -14,10 +14,10 @@ import torch
 from conftest import tiny_diffusion_config, tiny_model_config
 
 from ddpm import train_diffusion
-from ddpm.checkpoint import list_checkpoints, load_checkpoint, model_from_checkpoint
+from ddpm.checkpoint import load_checkpoint, model_from_checkpoint
 from ddpm.config import ConfigError
-from ddpm.monitor import read_metrics
-from ddpm.train import Trainer, dry_run
+from ddpm.run_dir import RunDir
+from ddpm.training import Trainer, dry_run
 from ddpm.unet import UNet
 
 
@@ -41,13 +41,13 @@ def test_resume_continues_the_exact_trajectory(tmp_path):
     mcfg = tiny_model_config(dropout=0.1)
     whole = train_diffusion(_cfg(tmp_path / "whole"), mcfg)
     half = train_diffusion(_cfg(tmp_path / "split", max_steps=4), mcfg)
-    assert [p.name for p in list_checkpoints(half)] == ["step_00000004.pt"]
+    assert [p.name for p in RunDir(half).checkpoints()] == ["step_00000004.pt"]
     split = train_diffusion(_cfg(tmp_path / "split", max_steps=8, resume=True), mcfg)
     a = load_checkpoint(whole / "checkpoints" / "step_00000008.pt")
     b = load_checkpoint(split / "checkpoints" / "step_00000008.pt")
     assert a["step"] == b["step"] == 8 and a["data"]["batches_consumed"] == b["data"]["batches_consumed"] == 8
     _assert_same_state(a, b)  # bit-for-bit on CPU in fp32
-    steps = [r["step"] for r in read_metrics(split)]
+    steps = [r["step"] for r in RunDir(split).metrics()]
     assert steps == sorted(set(steps)) and steps[-1] == 8
 
 
@@ -88,11 +88,11 @@ def test_sample_and_export_pass_over_a_broken_newest_checkpoint(tmp_path):
 
 def test_keep_last_n_checkpoints(tmp_path):
     run = train_diffusion(_cfg(tmp_path, max_steps=10, checkpoint_every_steps=2, keep_checkpoints=2), tiny_model_config())
-    assert [p.name for p in list_checkpoints(run)] == ["step_00000008.pt", "step_00000010.pt"]
+    assert [p.name for p in RunDir(run).checkpoints()] == ["step_00000008.pt", "step_00000010.pt"]
 
 
 def test_nonfinite_losses_are_skipped_then_stop_with_intact_checkpoint(tmp_path, monkeypatch):
-    import ddpm.trainer as trainer_module
+    import ddpm.training.trainer as trainer_module
 
     real = trainer_module.diffusion_loss
     calls = {"n": 0}
@@ -107,7 +107,7 @@ def test_nonfinite_losses_are_skipped_then_stop_with_intact_checkpoint(tmp_path,
     monkeypatch.setattr(trainer_module, "diffusion_loss", poisoned)
     with pytest.raises(FloatingPointError, match="5 steps in a row"):
         train_diffusion(_cfg(tmp_path, max_steps=50, max_nonfinite_steps=5, log_every_steps=1), tiny_model_config())
-    ckpts = list_checkpoints(tmp_path / "run")
+    ckpts = RunDir(tmp_path / "run").checkpoints()
     state = load_checkpoint(ckpts[-1])
     assert state["step"] == 3 and state["nonfinite_total"] == 5
     assert all(torch.isfinite(v).all() for v in state["model"].values())
@@ -119,7 +119,7 @@ def test_metrics_and_tensorboard_events(tmp_path):
 
     run = train_diffusion(_cfg(tmp_path, max_steps=6, log_every_steps=2, tensorboard=True, sample_every_steps=3,
                                num_sample_images=2), tiny_model_config())
-    rows = read_metrics(run)
+    rows = RunDir(run).metrics()
     assert [r["step"] for r in rows] == [2, 4, 6]
     assert {"loss", "grad_norm", "lr", "ema_decay", "images_per_s"} <= set(rows[0])
     assert any(k.startswith("loss_q") for k in rows[0])
@@ -169,7 +169,7 @@ def test_export_to_safetensors_and_sample_from_it(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     model, dcfg, mcfg, step = model_from_checkpoint(tmp_path / "m.safetensors")
-    ref, *_ = model_from_checkpoint(list_checkpoints(run)[-1])
+    ref, *_ = model_from_checkpoint(RunDir(run).checkpoints()[-1])
     assert step == 3 and mcfg == tiny_model_config() and dcfg.timesteps_diff == 40
     for a, b in zip(model.state_dict().values(), ref.state_dict().values(), strict=True):
         assert torch.equal(a, b)
@@ -187,25 +187,25 @@ def test_sigkill_mid_run_then_resume(tmp_path):
             "--log-every-steps", "1", "--num-sample-images", "0", "--no-tensorboard"]
     proc = subprocess.Popen([*args, "--max-steps", "1000000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and len(list_checkpoints(run)) < 2:
+    while time.time() < deadline and len(RunDir(run).checkpoints()) < 2:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    ckpts = list_checkpoints(run)
+    ckpts = RunDir(run).checkpoints()
     assert len(ckpts) >= 2
     last = load_checkpoint(ckpts[-1])["step"]  # every listed checkpoint is whole (atomic rename)
     target = last + 4
     r = subprocess.run([*args, "--max-steps", str(target), "--resume"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert f"resuming {ckpts[-1]} at step {last}" in r.stdout
-    assert load_checkpoint(list_checkpoints(run)[-1])["step"] == target
-    steps = [row["step"] for row in read_metrics(run)]
+    assert load_checkpoint(RunDir(run).checkpoints()[-1])["step"] == target
+    steps = [row["step"] for row in RunDir(run).metrics()]
     assert steps == list(range(1, target + 1))  # rows the killed run logged past its checkpoint were dropped
 
 
 def test_fused_adamw_takes_the_reference_adamw_step():
     # Our optimizer uses PyTorch's fused kernel; the reference is its plain single-tensor loop.
-    from ddpm.trainer import adamw
+    from ddpm.training.trainer import adamw
 
     torch.manual_seed(0)
     a, b = UNet(tiny_model_config()), UNet(tiny_model_config())

@@ -6,13 +6,8 @@ import pytest
 import torch
 from conftest import tiny_model_config
 
-from ddpm.sampling import (
-    ddim_sample,
-    ddpm_sample,
-    image_generators,
-    respaced_timesteps,
-    sample_images,
-)
+from ddpm.generate import sample_images
+from ddpm.samplers import ddim_sample, ddpm_sample, image_generators, timestep_list
 from ddpm.schedule import NoiseSchedule
 from ddpm.unet import UNet
 
@@ -43,7 +38,7 @@ def test_ddim_with_oracle_recovers_x0():
     s = NoiseSchedule(50, 2e-3, 0.4)
     x0 = torch.rand(4, 1, 6, 6) * 2 - 1
     for steps in (5, 50):
-        out = ddim_sample(oracle(s, x0), s, torch.randn(x0.shape), num_steps=steps)
+        out = ddim_sample(oracle(s, x0), s, torch.randn(x0.shape), timesteps=timestep_list(s, steps))
         torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)
 
 
@@ -68,7 +63,7 @@ def test_ddim_eta1_all_steps_equals_ddpm_with_posterior_variance():
         torch.nn.init.normal_(p, std=0.05)
     x_T = torch.randn(2, 1, 8, 8)
     a = ddpm_sample(model, s, x_T, torch.Generator().manual_seed(3), variance="beta_tilde", clip_x0=False)
-    b = ddim_sample(model, s, x_T, torch.Generator().manual_seed(3), num_steps=40, eta=1.0, clip_x0=False)
+    b = ddim_sample(model, s, x_T, torch.Generator().manual_seed(3), timestep_list(s, 40), eta=1.0, clip_x0=False)
     torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
 
 
@@ -93,9 +88,16 @@ def test_per_image_generators_are_distinct():
     assert not torch.equal(torch.randn(3, generator=g[0]), torch.randn(3, generator=g[1]))
 
 
-def test_respaced_timesteps():
-    assert respaced_timesteps(1000, 1000) == list(range(999, -1, -1))
-    ts = respaced_timesteps(1000, 10)
-    assert ts[0] == 999 and ts[-1] == 0 and len(ts) == 10 and ts == sorted(ts, reverse=True)
+@pytest.mark.parametrize("spacing", ["uniform", "logsnr"])
+def test_timestep_lists(spacing):
+    s = NoiseSchedule(1000, 1e-4, 0.02)
+    assert timestep_list(s, 1000, spacing) == list(range(999, -1, -1))
+    for k in (1, 2, 5, 10, 37, 999):
+        ts = timestep_list(s, k, spacing)
+        assert len(ts) == k and ts[0] == 999 and (k == 1 or ts[-1] == 0)
+        assert all(a > b for a, b in zip(ts, ts[1:], strict=False))
+    assert timestep_list(s, 4, spacing, start=300)[0] == 300
     with pytest.raises(ValueError, match="1 .. 1000"):
-        respaced_timesteps(1000, 0)
+        timestep_list(s, 0, spacing)
+    with pytest.raises(ValueError, match="1 .. 1000"):
+        timestep_list(s, 1001, spacing)

@@ -11,13 +11,13 @@ from conftest import tiny_diffusion_config, tiny_model_config
 from ddpm import DiffusionConfig, ModelConfig, train_diffusion
 from ddpm.checkpoint import (
     CheckpointError,
-    list_checkpoints,
     load_checkpoint,
     model_from_checkpoint,
 )
 from ddpm.config import ConfigError
 from ddpm.data import DatasetNotFoundError
-from ddpm.train import ema_decay_at, ema_update
+from ddpm.run_dir import RunDir
+from ddpm.training import ema_decay_at, ema_update
 from ddpm.unet import UNet
 
 
@@ -32,7 +32,7 @@ def test_training_writes_the_run_folder_and_learns(tmp_path):
     assert {"loss", "lr", "grad_norm", "ema_decay", "images_per_s"} <= set(rows[0])
     # The zero-initialised model starts at MSE ~1 against unit noise; training must bring it down.
     assert rows[0]["loss"] > 0.5 and rows[-1]["loss"] < 0.7 * rows[0]["loss"]
-    assert [p.name for p in list_checkpoints(run)] == ["step_00000025.pt", "step_00000050.pt", "step_00000060.pt"]
+    assert [p.name for p in RunDir(run).checkpoints()] == ["step_00000025.pt", "step_00000050.pt", "step_00000060.pt"]
     for name in ("forward.png", "loss.png", "samples/step_00000060.png"):
         assert (run / name).is_file(), name
     state = load_checkpoint(run / "checkpoints" / "step_00000060.pt")

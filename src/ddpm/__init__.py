@@ -1,15 +1,33 @@
-"""ddpm: Denoising Diffusion Probabilistic Models (Ho et al., 2020) from scratch in PyTorch."""
+"""ddpm: Denoising Diffusion Probabilistic Models (Ho et al., 2020) from scratch in PyTorch.
 
-from .config import DiffusionConfig, ModelConfig
+The public API:
+    DiffusionConfig, ModelConfig, train_diffusion     what to train and training it
+    load_model, sample_images, generate               sampling a trained model (ddpm.generate)
+    SAMPLERS, run_sampler                             the samplers by name (ddpm.samplers)
+    NoiseSchedule                                     the forward process (ddpm.schedule)
+    UNet                                              the noise predictor (ddpm.unet)
+    RunDir                                            a run folder's layout (ddpm.run_dir)
+"""
 
-__all__ = ["DiffusionConfig", "ModelConfig", "train_diffusion"]
+from .config import ConfigError, DiffusionConfig, ModelConfig
+
+__all__ = [
+    "ConfigError", "DiffusionConfig", "ModelConfig", "train_diffusion", "load_model", "sample_images", "generate",
+    "SAMPLERS", "run_sampler", "NoiseSchedule", "UNet", "RunDir",
+]
 __version__ = "0.1.0"
+
+# Where each lazily imported name lives: `import ddpm` stays light for the CLI's --help.
+_LAZY = {
+    "train_diffusion": "training", "load_model": "generate", "sample_images": "generate", "generate": "generate",
+    "SAMPLERS": "samplers", "run_sampler": "samplers", "NoiseSchedule": "schedule", "UNet": "unet",
+    "RunDir": "run_dir",
+}
 
 
 def __getattr__(name: str):
-    # Import the training loop lazily so `import ddpm` stays light for the CLI's --help.
-    if name == "train_diffusion":
-        from .train import train_diffusion
+    if name in _LAZY:
+        import importlib
 
-        return train_diffusion
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'ddpm' has no attribute {name!r}")

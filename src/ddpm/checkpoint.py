@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .config import DiffusionConfig, ModelConfig, config_from_dict
+from .run_dir import RunDir
 from .unet import UNet
 
-CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)\.pt$")
+# The checkpoint layout's version, stored in every checkpoint and export. Bump it when the layout
+# changes and add the step that lifts the previous version to MIGRATIONS: old files keep loading.
+# (A renamed config field needs only an entry in config.RENAMED_FIELDS.)
+FORMAT_VERSION = 1
+
+
+def _v0_to_v1(state: dict[str, Any]) -> dict[str, Any]:
+    # Version 0 (before 2026-11-29) had no version field; its layout is version 1's.
+    return state
+
+
+MIGRATIONS = {0: _v0_to_v1}  # version v -> the function that turns a v state into a v + 1 state
 
 
 class CheckpointError(RuntimeError):
@@ -41,20 +51,6 @@ def atomic_save(obj: Any, path: Path) -> Path:
     return path
 
 
-def checkpoint_path(run_dir: Path, step: int) -> Path:
-    """RUN_DIR/checkpoints/step_XXXXXXXX.pt"""
-    return run_dir / "checkpoints" / f"step_{step:08d}.pt"
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """The run's checkpoints, oldest first."""
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint with weights_only=True: tensors and plain Python values only, never code."""
     path = Path(path)
@@ -67,6 +63,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in ("model_config", "diffusion_config", "ema", "step") if k not in state]
     if missing:
         raise CheckpointError(f"Checkpoint {path} lacks {missing}; it was not written by ddpm.")
+    return migrate(state, path)
+
+
+def migrate(state: dict[str, Any], source: str | Path) -> dict[str, Any]:
+    """Lift a checkpoint (or export) state of any earlier format version to FORMAT_VERSION."""
+    version = int(state.get("format_version", 0))
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{source} has checkpoint format {version}, newer than this ddpm reads "
+                              f"({FORMAT_VERSION}); upgrade ddpm to load it.")
+    for v in range(version, FORMAT_VERSION):
+        state = MIGRATIONS[v](state)
+    state["format_version"] = FORMAT_VERSION
     return state
 
 
@@ -83,7 +91,8 @@ def export_ema(checkpoint: str | Path | dict[str, Any], out: str | Path) -> Path
     state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    configs = {"model_config": state["model_config"], "diffusion_config": state["diffusion_config"], "step": state["step"]}
+    configs = {"model_config": state["model_config"], "diffusion_config": state["diffusion_config"], "step": state["step"],
+               "format_version": FORMAT_VERSION}
     metadata = {key: json.dumps(value) for key, value in configs.items()}
     save_file({k: v.contiguous() for k, v in state["ema"].items()}, str(out), metadata=metadata)
     out.with_suffix(".json").write_text(json.dumps(configs, indent=2) + "\n")
@@ -101,7 +110,7 @@ def _load_safetensors(path: Path, map_location: str | torch.device) -> dict[str,
         raise CheckpointError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err}).") from None
     if "model_config" not in meta:
         raise CheckpointError(f"{path} has no model_config in its metadata; export it with `ddpm export`.")
-    return {"ema": ema, **{k: json.loads(v) for k, v in meta.items()}}
+    return migrate({"ema": ema, **{k: json.loads(v) for k, v in meta.items()}}, path)
 
 
 def model_from_checkpoint(
@@ -140,28 +149,4 @@ def load_source(
         return _load_model_state(path, map_location), path
     if run_dir is None:
         raise CheckpointError("Name a model: --run RUN_DIR (its newest checkpoint) or --checkpoint FILE.")
-    return load_latest_valid(run_dir, map_location)
-
-
-def load_latest_valid(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path]:
-    """The newest checkpoint of a run that loads; broken newer ones are reported and passed over."""
-    found = list_checkpoints(Path(run_dir))
-    if not found:
-        raise CheckpointError(f"No checkpoint in {Path(run_dir) / 'checkpoints'}.")
-    errors = []
-    for path in reversed(found):
-        try:
-            state = load_checkpoint(path, map_location)
-        except CheckpointError as err:
-            errors.append(str(err))
-            warnings.warn(f"{err} Trying the previous checkpoint.", stacklevel=2)
-            continue
-        return state, path
-    raise CheckpointError("No checkpoint of the run loads: " + " | ".join(errors))
-
-
-def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
-    """Delete all but the newest `keep` checkpoints (keep = 0: delete none)."""
-    if keep > 0:
-        for path in list_checkpoints(Path(run_dir))[:-keep]:
-            path.unlink(missing_ok=True)
+    return RunDir(run_dir).latest_valid_checkpoint(map_location)

@@ -21,6 +21,11 @@ class ConfigError(ValueError):
     """A configuration field holds a value that cannot work; the message names field, value, fix."""
 
 
+def _f(default: Any, help: str) -> Any:
+    """A config field with its --help text (the CLI builds each flag from the field and its type)."""
+    return field(default=default, metadata={"help": help})
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -30,20 +35,16 @@ def _require(ok: bool, message: str) -> None:
 class ModelConfig:
     """The seed's U-Net (DDPM, Ho et al. 2020, Appendix B), one level per entry of dim_multiply."""
 
-    lowest_resolution_size: int = 8  # side of the bottleneck feature map, pixels
-    dim_multiply: tuple[int, ...] = (1, 2, 2, 4, 8)  # channel multiplier of base_dim per level
-    transformer_layers: tuple[int, ...] = (3,)  # level indices (0 = full res) with self-attention
-    base_dim: int = 64  # channels at level 0; the timestep MLP is 4 * base_dim wide
-    image_channels: int = 3  # 1 = grayscale, 3 = RGB
-    # ResNet blocks per level going down; going up has one more, each concatenating one skip
-    # (the seed's 2 down and 3 up; the count is tied so that every skip is used exactly once).
-    num_res_blocks: int = 2
-    dropout: float = 0.1  # dropout inside ResNet blocks (paper: 0.1 on CIFAR10, 0.0 elsewhere)
-    norm_groups: int = 32  # GroupNorm groups; every channel count must be divisible by it
-    attention_heads: int = 1  # heads of each self-attention layer (paper: 1)
-    # Where the timestep embedding enters a ResNet block: "block_start" adds it to the block's
-    # input as the seed describes; "after_conv1" is the official DDPM placement.
-    embedding_placement: str = "block_start"
+    lowest_resolution_size: int = _f(8, "side of the bottleneck feature map, pixels")
+    dim_multiply: tuple[int, ...] = _f((1, 2, 2, 4, 8), "channel multiplier of base_dim per level")
+    transformer_layers: tuple[int, ...] = _f((3,), "level indices (0 = full res) with self-attention")
+    base_dim: int = _f(64, "channels at level 0; the timestep MLP is 4 * base_dim wide")
+    image_channels: int = _f(3, "1 = grayscale, 3 = RGB")
+    num_res_blocks: int = _f(2, "ResNet blocks per level going down; going up has one more, each concatenating one skip (the seed's 2 down and 3 up; the count is tied so that every skip is used exactly once).")
+    dropout: float = _f(0.1, "dropout inside ResNet blocks (paper: 0.1 on CIFAR10, 0.0 elsewhere)")
+    norm_groups: int = _f(32, "GroupNorm groups; every channel count must be divisible by it")
+    attention_heads: int = _f(1, "heads of each self-attention layer (paper: 1)")
+    embedding_placement: str = _f("block_start", "Where the timestep embedding enters a ResNet block: \"block_start\" adds it to the block's input as the seed describes; \"after_conv1\" is the official DDPM placement.")
 
     def __post_init__(self) -> None:
         self.dim_multiply = tuple(int(m) for m in self.dim_multiply)
@@ -90,57 +91,44 @@ class DiffusionConfig:
     Defaults follow the paper (Ho et al. 2020, Sec. 4 and Appendix B) where it gives one.
     """
 
-    dataset_name: str = "digits"  # "digits" (built in), "FFHQ", "CIFAR10", "MNIST" or "folder:PATH"
-    data_root: str | None = None  # folder holding named datasets; None = $DDPM_DATA_ROOT or ./data
-    learning_rate: float = 2e-4  # peak Adam learning rate (paper: 2e-4; the seed's 1e-3 also works)
-    batch_size: int = 128  # images per optimiser step (paper: 128)
-    use_augmentation: bool = False  # random horizontal flips
-    timesteps_diff: int = 1000  # T, the number of diffusion steps (paper: 1000; seed: 200)
-    # Linear beta schedule endpoints. None = the paper's 1e-4 and 0.02 scaled by 1000 / T, so x_T is
-    # pure noise for any T (the seed's T = 200 with the unscaled range keeps 37% of the signal amplitude).
-    beta_start: float | None = None
-    beta_end: float | None = None
-    max_steps: int = 800_000  # optimiser steps to train for (paper: 800k on CIFAR10)
-    warmup_steps: int = 5000  # linear learning-rate warm-up (paper: 5000)
-    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping (paper: 1.0)
-    weight_decay: float = 0.0  # AdamW decoupled weight decay (paper: none)
-    ema_decay: float = 0.9999  # EMA of the weights used for sampling (paper: 0.9999)
-    # EMA warm-up: the decay used at step s is min(ema_decay, (1 + s) / (10 + s)), so short runs
-    # are not dominated by the random initialisation.
-    ema_warmup: bool = True
-    # "auto" = bf16 autocast where the device does bf16 natively, else fp32; "fp32"; "bf16";
-    # "fp16" (autocast with a gradient scaler, for GPUs without bf16).
-    precision: str = "auto"
-    # Images per process per forward pass; several of them are accumulated into one step of
-    # batch_size images. 0 = batch_size / processes at once (no accumulation).
-    batch_per_device: int = 0
-    activation_checkpointing: bool = False  # recompute ResNet blocks in backward: less memory, ~30% more time
-    compile_model: bool = False  # torch.compile the U-Net (~80 s to compile the seed model on an H200; slower on CPUs)
-    # torch.compile mode: "default" (fused kernels), "reduce-overhead" (also CUDA graphs: for
-    # small models whose GPU steps are bound by kernel launches) or "max-autotune".
-    compile_mode: str = "default"
-    channels_last: bool = False  # NHWC memory layout (measured slower here: GroupNorm lacks a fast NHWC path)
-    device: str = "auto"  # "auto" = CUDA if available, else CPU; or any torch device string
-    seed: int = 0  # seeds data order, timesteps, noise and the initialisation
-    out_dir: str | None = None  # run folder; None = runs/<dataset>-<date>-<time>
-    log_every_steps: int = 50  # steps between lines of metrics.jsonl
-    checkpoint_every_steps: int = 5000  # steps between checkpoints; 0 = only at the end
-    keep_checkpoints: int = 3  # newest checkpoints kept in RUN_DIR/checkpoints; 0 = keep all
-    # Continue the newest valid checkpoint in out_dir (same configs; max_steps and the logging,
-    # checkpoint and sampling intervals may change). False refuses an out_dir that holds checkpoints.
-    resume: bool = False
-    max_nonfinite_steps: int = 20  # consecutive NaN/inf losses (each skipped) before training stops
-    tensorboard: bool = True  # also write TensorBoard event files (needs the tensorboard package)
-    sample_every_steps: int = 0  # steps between sample grids; 0 = only at the end
-    num_sample_images: int = 64  # images in each fixed-seed sample grid; 0 = no grids
-    sample_variance: str = "beta"  # reverse-process variance: "beta" or "beta_tilde" (posterior)
-    clip_x0: bool = True  # clip the predicted x_0 to [-1, 1] while sampling
-    num_workers: int = 0  # DataLoader worker processes (0 = load in the training process)
-    crop_mode: str = "center"  # non-square images: "center" crop, or "pad" to a square with black
-    # Where image folders are decoded once into a memory-mapped uint8 cache;
-    # None = $DDPM_CACHE/datasets, else ~/.cache/ddpm/datasets.
-    cache_dir: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes stored with the run
+    dataset_name: str = _f("digits", "\"digits\" (built in), \"FFHQ\", \"CIFAR10\", \"MNIST\" or \"folder:PATH\"")
+    data_root: str | None = _f(None, "folder holding named datasets; None = $DDPM_DATA_ROOT or ./data")
+    learning_rate: float = _f(2e-4, "peak Adam learning rate (paper: 2e-4; the seed's 1e-3 also works)")
+    batch_size: int = _f(128, "images per optimiser step (paper: 128)")
+    use_augmentation: bool = _f(False, "random horizontal flips")
+    timesteps_diff: int = _f(1000, "T, the number of diffusion steps (paper: 1000; seed: 200)")
+    beta_start: float | None = _f(None, "first beta of the linear schedule. None = the paper's 1e-4 and 0.02 scaled by 1000 / T, so x_T is pure noise for any T (the seed's T = 200 with the unscaled range keeps 37% of the signal amplitude).")
+    beta_end: float | None = _f(None, "last beta of the linear schedule. None = the paper's 0.02 scaled by 1000 / T (see beta_start).")
+    max_steps: int = _f(800_000, "optimiser steps to train for (paper: 800k on CIFAR10)")
+    warmup_steps: int = _f(5000, "linear learning-rate warm-up (paper: 5000)")
+    grad_clip: float = _f(1.0, "max global gradient norm; 0 = no clipping (paper: 1.0)")
+    weight_decay: float = _f(0.0, "AdamW decoupled weight decay (paper: none)")
+    ema_decay: float = _f(0.9999, "EMA of the weights used for sampling (paper: 0.9999)")
+    ema_warmup: bool = _f(True, "EMA warm-up: the decay used at step s is min(ema_decay, (1 + s) / (10 + s)), so short runs are not dominated by the random initialisation.")
+    precision: str = _f("auto", "\"auto\" = bf16 autocast where the device does bf16 natively, else fp32; \"fp32\"; \"bf16\"; \"fp16\" (autocast with a gradient scaler, for GPUs without bf16).")
+    batch_per_device: int = _f(0, "Images per process per forward pass; several of them are accumulated into one step of batch_size images. 0 = batch_size / processes at once (no accumulation).")
+    activation_checkpointing: bool = _f(False, "recompute ResNet blocks in backward: less memory, ~30% more time")
+    compile_model: bool = _f(False, "torch.compile the U-Net (~80 s to compile the seed model on an H200; slower on CPUs)")
+    compile_mode: str = _f("default", "torch.compile mode: \"default\" (fused kernels), \"reduce-overhead\" (also CUDA graphs: for small models whose GPU steps are bound by kernel launches) or \"max-autotune\".")
+    channels_last: bool = _f(False, "NHWC memory layout (measured slower here: GroupNorm lacks a fast NHWC path)")
+    device: str = _f("auto", "\"auto\" = CUDA if available, else CPU; or any torch device string")
+    seed: int = _f(0, "seeds data order, timesteps, noise and the initialisation")
+    out_dir: str | None = _f(None, "run folder; None = runs/<dataset>-<date>-<time>")
+    log_every_steps: int = _f(50, "steps between lines of metrics.jsonl")
+    checkpoint_every_steps: int = _f(5000, "steps between checkpoints; 0 = only at the end")
+    keep_checkpoints: int = _f(3, "newest checkpoints kept in RUN_DIR/checkpoints; 0 = keep all")
+    resume: bool = _f(False, "Continue the newest valid checkpoint in out_dir (same configs; max_steps and the logging, checkpoint and sampling intervals may change). False refuses an out_dir that holds checkpoints.")
+    max_nonfinite_steps: int = _f(20, "consecutive NaN/inf losses (each skipped) before training stops")
+    tensorboard: bool = _f(True, "also write TensorBoard event files (needs the tensorboard package)")
+    sample_every_steps: int = _f(0, "steps between sample grids; 0 = only at the end")
+    num_sample_images: int = _f(64, "images in each fixed-seed sample grid; 0 = no grids")
+    sample_variance: str = _f("beta", "reverse-process variance: \"beta\" or \"beta_tilde\" (posterior)")
+    clip_x0: bool = _f(True, "clip the predicted x_0 to [-1, 1] while sampling")
+    num_workers: int = _f(0, "DataLoader worker processes for data over 2 GB (0 = load in the training process)")
+    decode_workers: int = _f(0, "processes that decode an image folder into the cache, once (0 = all cores)")
+    crop_mode: str = _f("center", "non-square images: \"center\" crop, or \"pad\" to a square with black")
+    cache_dir: str | None = _f(None, "Where image folders are decoded once into a memory-mapped uint8 cache; None = $DDPM_CACHE/datasets, else ~/.cache/ddpm/datasets.")
+    extra: dict[str, Any] = field(default_factory=dict, metadata={"help": "free-form notes stored with the run"})
 
     def __post_init__(self) -> None:
         _require(isinstance(self.dataset_name, str) and self.dataset_name.strip() != "",
@@ -157,7 +145,7 @@ class DiffusionConfig:
                  "the scaled default needs T >= 21; use more timesteps or give beta_end explicitly.")
         _require(self.max_steps >= 1, f"DiffusionConfig.max_steps={self.max_steps} must be at least 1.")
         for name in ("warmup_steps", "log_every_steps", "checkpoint_every_steps", "sample_every_steps",
-                     "num_sample_images", "num_workers", "keep_checkpoints", "batch_per_device", "max_nonfinite_steps"):
+                     "num_sample_images", "num_workers", "decode_workers", "keep_checkpoints", "batch_per_device", "max_nonfinite_steps"):
             v = getattr(self, name)
             _require(isinstance(v, int) and v >= 0, f"DiffusionConfig.{name}={v!r} must be a non-negative integer.")
         _require(self.batch_per_device == 0 or self.batch_size % self.batch_per_device == 0,
@@ -189,12 +177,21 @@ RESUME_MUTABLE_FIELDS = frozenset({
     "max_steps", "out_dir", "resume", "data_root", "cache_dir", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
     "sample_every_steps", "num_sample_images", "num_workers", "device", "tensorboard", "extra",
     "batch_per_device", "activation_checkpointing", "compile_model", "compile_mode", "channels_last",
-    "max_nonfinite_steps",
+    "max_nonfinite_steps", "decode_workers",
+    # Sampling-only settings: no training state depends on them.
+    "sample_variance", "clip_x0",
 })
+
+# Config fields renamed since the first checkpoints: {class name: {old name: new name}}. Old
+# checkpoints and config.json files are read through it, so a rename never orphans a run.
+RENAMED_FIELDS: dict[str, dict[str, str]] = {"DiffusionConfig": {}, "ModelConfig": {}}
 
 
 def resume_mismatches(saved: dict[str, Any], current: dict[str, Any], mutable: frozenset[str] = frozenset()) -> list[str]:
-    """'field: saved -> current' for every field that differs and may not change on resume."""
+    """'field: saved -> current' for every field that differs and may not change on resume.
+
+    saved may come from an earlier version (read it through config_from_dict first).
+    """
     out = []
     for key in sorted(set(saved) | set(current)):
         if key in mutable:
@@ -211,7 +208,13 @@ def config_to_dict(config: DiffusionConfig | ModelConfig) -> dict[str, Any]:
 
 
 def config_from_dict(cls: type, values: dict[str, Any]):
-    """Rebuild a config from config_to_dict output; unknown keys are an error naming them."""
+    """Rebuild a config from config_to_dict output of this or an earlier version.
+
+    Renamed fields are read under their new names and fields added since take their defaults;
+    keys that are neither are an error naming them.
+    """
+    renames = RENAMED_FIELDS.get(cls.__name__, {})
+    values = {renames.get(k, k): v for k, v in values.items()}
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     _require(not unknown, f"{cls.__name__}: unknown field(s) {unknown}; known fields are {sorted(names)}.")

@@ -101,7 +101,7 @@ class DataSpec:
     root: Path
     crop: str = "center"  # non-square images: "center" crop or "pad" to a square
     cache_dir: Path | None = None  # None = $DDPM_CACHE/datasets or ~/.cache/ddpm/datasets
-    num_workers: int = 0  # processes decoding a folder into the cache (0 = all cores)
+    decode_workers: int = 0  # processes decoding a folder into the cache (0 = all cores)
 
     @property
     def cache(self) -> Path:
@@ -158,7 +158,7 @@ def image_folder(folder: Path, spec: DataSpec, what: str, fix: str) -> ArrayImag
     if not folder.is_dir():
         raise DatasetNotFoundError(f"{what} not found: no folder at {folder.resolve()}. {fix}")
     images, skipped = cached_folder(folder, spec.image_size, spec.channels, spec.crop, spec.cache,
-                                    spec.num_workers)
+                                    spec.decode_workers)
     if len(images) == 0:
         reason = f" ({len(skipped)} files could not be read)" if skipped else f" ({', '.join(IMAGE_EXTENSIONS)})"
         raise DatasetNotFoundError(f"{what}: the folder {folder.resolve()} holds no usable images{reason}. {fix}")
@@ -191,7 +191,7 @@ def _mnist(spec: DataSpec) -> Dataset:
 
 
 def load_dataset(name: str, image_size: int, channels: int, root: str | None = None, crop: str = "center",
-                 cache_dir: str | None = None, num_workers: int = 0) -> Dataset:
+                 cache_dir: str | None = None, decode_workers: int = 0) -> Dataset:
     """The dataset called `name`, as (C, S, S) float images in [-1, 1].
 
     Args:
@@ -201,13 +201,13 @@ def load_dataset(name: str, image_size: int, channels: int, root: str | None = N
         root: folder of named datasets (None = $DDPM_DATA_ROOT or ./data).
         crop: non-square images are "center"-cropped or "pad"-ded to a square.
         cache_dir: where decoded folders are cached (None = $DDPM_CACHE/datasets or ~/.cache/ddpm/datasets).
-        num_workers: processes that decode a folder into the cache (0 = all cores).
+        decode_workers: processes that decode a folder into the cache (0 = all cores).
     Raises:
         DatasetNotFoundError: the files are missing; the message says where they were looked for.
     """
     if crop not in CROP_MODES:
         raise ValueError(f"crop={crop!r}; choose one of {CROP_MODES}.")
-    spec = DataSpec(image_size, channels, data_root(root), crop, Path(cache_dir) if cache_dir else None, num_workers)
+    spec = DataSpec(image_size, channels, data_root(root), crop, Path(cache_dir) if cache_dir else None, decode_workers)
     if name.startswith("folder:"):
         folder = Path(name[len("folder:"):]).expanduser()
         return image_folder(folder, spec, f"Image folder {name!r}", "Give dataset_name='folder:/path/to/a/folder/of/images'.")

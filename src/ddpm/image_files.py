@@ -11,6 +11,8 @@ import io
 import json
 import os
 import pickle
+import socket
+import tempfile
 import warnings
 from multiprocessing import Pool
 from pathlib import Path
@@ -82,8 +84,15 @@ def _cache_key(folder: Path, files: list[Path], image_size: int, channels: int, 
     return h.hexdigest()[:20]
 
 
+def _unique_tmp(folder: Path, stem: str, suffix: str) -> Path:
+    """A new empty file in folder whose name no other process or node can pick (for atomic renames)."""
+    fd, name = tempfile.mkstemp(dir=folder, prefix=f".{stem}.{socket.gethostname()}.", suffix=f".tmp{suffix}")
+    os.close(fd)
+    return Path(name)
+
+
 def cached_folder(folder: Path, image_size: int, channels: int, crop: str, cache_dir: Path,
-                  num_workers: int = 0, progress: bool = True) -> tuple[np.ndarray, list[str]]:
+                  decode_workers: int = 0, progress: bool = True) -> tuple[np.ndarray, list[str]]:
     """Every image under folder as a (N, S, S, C) uint8 array memory-mapped from a one-time cache.
 
     The cache is keyed by the folder's listing, file sizes and mtimes, and by S, C and the crop
@@ -104,10 +113,12 @@ def cached_folder(folder: Path, image_size: int, channels: int, crop: str, cache
         skipped = meta["skipped"]
     else:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache_dir / f".{stem}.{os.getpid()}.tmp.npy"
+        # Processes on several nodes may build the same entry at once on a shared filesystem: each
+        # writes under its own unique temporary names and renames atomically; the copies are equal.
+        tmp = _unique_tmp(cache_dir, stem, ".npy")
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), image_size, image_size, channels))
         jobs = [(str(p), image_size, channels, crop) for p in files]
-        workers = num_workers or os.cpu_count() or 1
+        workers = decode_workers or os.cpu_count() or 1
         count, skipped = 0, []
         bar = tqdm(total=len(jobs), desc=f"caching {folder.name} at {image_size}px", disable=not progress, unit="img")
         with Pool(workers) if workers > 1 and len(jobs) > 256 else _Serial() as pool:
@@ -124,7 +135,7 @@ def cached_folder(folder: Path, image_size: int, channels: int, crop: str, cache
         os.replace(tmp, data_path)
         meta = {"folder": str(folder.resolve()), "count": count, "skipped": skipped, "image_size": image_size,
                 "channels": channels, "crop": crop}
-        tmp_meta = meta_path.with_suffix(".json.tmp")
+        tmp_meta = _unique_tmp(cache_dir, stem, ".json")
         tmp_meta.write_text(json.dumps(meta, indent=1))
         os.replace(tmp_meta, meta_path)  # the metadata, written last, marks the cache complete
     if skipped:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,12 +43,23 @@ def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None) -> Pat
     return path
 
 
-def save_npz(x: torch.Tensor, path: str | Path) -> Path:
-    """Save images as guided-diffusion's evaluation .npz: arr_0 uint8 (N, H, W, C) in 0..255."""
+def save_npz(x: torch.Tensor, path: str | Path, meta: dict | None = None) -> Path:
+    """Save images as guided-diffusion's evaluation .npz: arr_0 uint8 (N, H, W, C) in 0..255.
+
+    meta (how the samples were made: sampler, network calls, seed, ...) goes in as a JSON string
+    under the key "meta"; evaluators that read arr_0 ignore it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, arr_0=to_uint8(x))
+    extra = {} if meta is None else {"meta": np.array(json.dumps(meta))}
+    np.savez(path, arr_0=to_uint8(x), **extra)
     return path
+
+
+def read_npz_meta(path: str | Path) -> dict:
+    """The "meta" a samples .npz was saved with ({} if none)."""
+    with np.load(path, allow_pickle=False) as data:
+        return json.loads(str(data["meta"])) if "meta" in data.files else {}
 
 
 def _pyplot():

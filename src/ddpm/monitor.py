@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .run_dir import RunDir
 
 
 class Monitor:
@@ -17,8 +18,8 @@ class Monitor:
     lines are written (and a warning says so once). View with `tensorboard --logdir RUN_DIR`.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
-        self.path = run_dir / "metrics.jsonl"
+    def __init__(self, run_dir: RunDir, tensorboard: bool = True, resume_step: int | None = None) -> None:
+        self.path = run_dir.metrics_path
         if resume_step is not None and self.path.is_file():
             # Rows logged after the checkpoint we resume from belong to a future that was lost: drop them.
             rows = [line for line in self.path.read_text().splitlines() if line.strip()]
@@ -33,7 +34,7 @@ class Monitor:
                 warnings.warn("TensorBoard is not installed, so only metrics.jsonl is written; "
                               "`pip install tensorboard` (or the extra ddpm[tensorboard]) adds event files.", stacklevel=2)
             else:
-                self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=resume_step)
+                self._tb = SummaryWriter(log_dir=str(run_dir.tensorboard_dir), purge_step=resume_step)
 
     def scalars(self, step: int, values: dict[str, Any]) -> None:
         """Log a row of scalars for this step."""
@@ -54,10 +55,3 @@ class Monitor:
         if self._tb is not None:
             self._tb.close()
 
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """All rows of RUN_DIR/metrics.jsonl."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -8,6 +8,7 @@ mean the clean image x_0.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import torch
 
@@ -23,13 +24,15 @@ def _gather(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Ten
 
 
 class NoiseSchedule:
-    """Linear beta schedule and the closed forms that follow from it (DDPM Eq. 4, 6, 7).
+    """A beta schedule and the closed forms that follow from it (DDPM Eq. 4, 6, 7).
 
     All coefficients are computed in float64 and cast to the working dtype where used.
     """
 
     def __init__(self, num_timesteps: int, beta_start: float, beta_end: float, warn: bool = True) -> None:
-        """Args:
+        """The linear schedule (DDPM Sec. 4).
+
+        Args:
             num_timesteps: T, the number of diffusion steps.
             beta_start, beta_end: the first and last beta of the linear schedule, 0 < b < 1.
             warn: warn when alphas_cumprod[T-1] keeps more than MAX_SIGNAL_AT_T of the signal.
@@ -38,18 +41,8 @@ class NoiseSchedule:
             raise ValueError(f"num_timesteps={num_timesteps} must be at least 2.")
         if not 0.0 < beta_start <= beta_end < 1.0:
             raise ValueError(f"betas must satisfy 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}.")
-        self.num_timesteps = int(num_timesteps)
-        self.betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
-        self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
-        self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
-        # Posterior q(x_{t-1} | x_t, x_0) = N(mean, beta_tilde) (DDPM Eq. 6, 7).
-        self.posterior_variance = self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        self.posterior_mean_coef1 = self.betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
-        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1.0 - self.alphas_cumprod)
-        self.signal_at_T = float(self.alphas_cumprod[-1])
+        self._set_betas(torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64),
+                        torch.arange(num_timesteps))
         if warn and self.signal_at_T > MAX_SIGNAL_AT_T:
             warnings.warn(
                 f"The beta schedule ({beta_start:g} .. {beta_end:g} over T={num_timesteps}) keeps "
@@ -58,6 +51,47 @@ class NoiseSchedule:
                 "Leave beta_start/beta_end unset to use the paper's range scaled by 1000/T.",
                 stacklevel=2,
             )
+
+    def _set_betas(self, betas: torch.Tensor, timesteps: torch.Tensor) -> None:
+        self.num_timesteps = int(betas.shape[0])
+        # The network's timestep for each index of this schedule: 0 .. T-1 for the training schedule,
+        # the kept steps for a respaced one.
+        self.timesteps = timesteps.long()
+        self.betas = betas.to(torch.float64)
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64, device=betas.device),
+                                              self.alphas_cumprod[:-1]])
+        self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
+        # Posterior q(x_{t-1} | x_t, x_0) = N(mean, beta_tilde) (DDPM Eq. 6, 7).
+        self.posterior_variance = self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef1 = self.betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1.0 - self.alphas_cumprod)
+        self.signal_at_T = float(self.alphas_cumprod[-1])
+
+    def respace(self, kept: Sequence[int]) -> NoiseSchedule:
+        """The schedule of the kept steps only (Nichol & Dhariwal 2021, Sec. 4).
+
+        alphā is kept at each kept step and the betas are recomputed from it,
+        beta'_i = 1 - alphā[k_i] / alphā[k_{i-1}], so q(x_{k_i} | x_0) is unchanged. Index i of the
+        result stands for the original step k_i (its `timesteps[i]`, what the network is given).
+        Keeping every step returns this schedule itself, so nothing changes bit for bit.
+
+        Args:
+            kept: distinct indices into this schedule, in any order.
+        """
+        ks = sorted({int(k) for k in kept})
+        if not ks or ks[0] < 0 or ks[-1] >= self.num_timesteps:
+            raise ValueError(f"kept steps must be distinct indices in 0 .. {self.num_timesteps - 1}, got {list(kept)}.")
+        if len(ks) == self.num_timesteps:
+            return self
+        idx = torch.tensor(ks, device=self.alphas_cumprod.device)
+        abar = self.alphas_cumprod[idx]
+        abar_prev = torch.cat([torch.ones(1, dtype=abar.dtype, device=abar.device), abar[:-1]])
+        out = NoiseSchedule.__new__(NoiseSchedule)
+        out._set_betas(1.0 - abar / abar_prev, self.timesteps.to(idx.device)[idx])
+        return out
 
     @classmethod
     def from_config(cls, config) -> NoiseSchedule:

@@ -226,15 +226,19 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(groups, ch)
         self.conv_out = _zero_init(nn.Conv2d(ch, config.image_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the noise in x_t.
 
         Args:
             x: (B, image_channels, S, S) noisy images, S = config.image_size.
             t: (B,) integer timesteps 0 .. T-1.
+            y: (B,) class labels for a class-conditional model; None for an unconditional one.
         Returns:
             (B, image_channels, S, S) predicted noise.
         """
+        if y is not None:
+            raise ValueError("This U-Net is unconditional: it takes no class labels (y). Train a class-conditional "
+                             "model to ask for a class, or sample without one.")
         size, channels = self.config.image_size, self.config.image_channels
         if x.dim() != 4 or x.shape[1] != channels or x.shape[2] != size or x.shape[3] != size:
             raise ValueError(

@@ -13,11 +13,8 @@ Resume (any world size): add --resume; the newest valid checkpoint in --out is c
 
 from __future__ import annotations
 
-import json
-import re
 import signal
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,38 +22,26 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
-from .checkpoint import (
-    atomic_save,
-    checkpoint_path,
-    list_checkpoints,
-    load_latest_valid,
-    prune_checkpoints,
-)
-from .config import (
+from .. import distributed
+from ..checkpoint import FORMAT_VERSION, atomic_save
+from ..config import (
     RESUME_MUTABLE_FIELDS,
     ConfigError,
     DiffusionConfig,
     ModelConfig,
+    config_from_dict,
     config_to_dict,
     resume_mismatches,
 )
-from .images import forward_process_figure, grid_image, loss_curve_figure, save_grid, to_uint8
-from .monitor import Monitor, read_metrics
-from .runtime import precision_name
-from .sampling import sample_images
-from .trainer import NUM_LOSS_BUCKETS, Trainer, ema_decay_at, ema_update
-from .unet import count_parameters
-
-__all__ = ["train_diffusion", "dry_run", "Trainer", "ema_update", "ema_decay_at"]
+from ..generate import sample_images
+from ..images import forward_process_figure, grid_image, loss_curve_figure, save_grid, to_uint8
+from ..monitor import Monitor
+from ..run_dir import RunDir
+from ..runtime import precision_name
+from ..unet import count_parameters
+from .trainer import NUM_LOSS_BUCKETS, Trainer
 
 FORWARD_FIGURE_FRACTIONS = (0.0, 0.33, 0.66, 1.0)  # t / T in each run's forward.png (seed: 0, 66, 132, 200)
-
-
-def default_run_dir(dataset_name: str) -> Path:
-    """runs/<dataset>-<YYYYmmdd-HHMMSS>, with the dataset name made filename-safe."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset_name.replace("folder:", "")).strip("_") or "data"
-    return Path("runs") / f"{safe[-40:]}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 class _StopRequest:
@@ -86,18 +71,22 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def _resume_state(run_dir: Path, cfg: DiffusionConfig, mcfg: ModelConfig, trainer: Trainer) -> dict[str, Any] | None:
+def _resume_state(run_dir: RunDir, cfg: DiffusionConfig, mcfg: ModelConfig, trainer: Trainer) -> dict[str, Any] | None:
     """The checkpoint to continue, after checking that it belongs to this configuration."""
-    if not list_checkpoints(run_dir):
+    found = run_dir.checkpoints()
+    if not found:
         if cfg.resume:
-            tqdm.write(f"ddpm: resume: no checkpoint in {run_dir / 'checkpoints'} yet, starting from step 0.")
+            tqdm.write(f"ddpm: resume: no checkpoint in {run_dir.checkpoints_dir} yet, starting from step 0.")
         return None
     if not cfg.resume:
-        raise ConfigError(f"{run_dir} already holds checkpoints ({list_checkpoints(run_dir)[-1].name}); pass "
+        raise ConfigError(f"{run_dir} already holds checkpoints ({found[-1].name}); pass "
                           "resume=True (--resume) to continue that run, or choose another out_dir (--out).")
-    state, path = load_latest_valid(run_dir, map_location=trainer.device)
-    problems = resume_mismatches(state["model_config"], config_to_dict(mcfg))
-    problems += resume_mismatches(state["diffusion_config"], config_to_dict(cfg), RESUME_MUTABLE_FIELDS)
+    state, path = run_dir.latest_valid_checkpoint(map_location=trainer.device)
+    # Read the saved configs through config_from_dict, so fields added since compare at their defaults.
+    saved_model = config_to_dict(config_from_dict(ModelConfig, state["model_config"]))
+    saved_diff = config_to_dict(config_from_dict(DiffusionConfig, state["diffusion_config"]))
+    problems = resume_mismatches(saved_model, config_to_dict(mcfg))
+    problems += resume_mismatches(saved_diff, config_to_dict(cfg), RESUME_MUTABLE_FIELDS)
     if problems:
         raise ConfigError(f"Cannot resume {path}: its configuration differs in " + "; ".join(problems)
                           + ". Resume with the run's own settings (see config.json) or train into a new out_dir.")
@@ -124,7 +113,7 @@ def train_diffusion(diff_config: DiffusionConfig, model_config: ModelConfig) -> 
 
 def _run(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig) -> Path:
     main = trainer.dist.is_main
-    run_dir = Path(cfg.out_dir) if cfg.out_dir else default_run_dir(cfg.dataset_name)
+    run_dir = RunDir(cfg.out_dir) if cfg.out_dir else RunDir.default_for(cfg.dataset_name)
     state = _resume_state(run_dir, cfg, mcfg, trainer)
     if state is not None:
         trainer.load_state_dict(state)
@@ -132,9 +121,8 @@ def _run(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig) -> Path:
     schedule = trainer.schedule
 
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        configs = {"diffusion_config": config_to_dict(cfg), "model_config": config_to_dict(mcfg)}
-        (run_dir / "config.json").write_text(json.dumps(configs, indent=2) + "\n")
+        run_dir.write_config({"diffusion_config": config_to_dict(cfg), "model_config": config_to_dict(mcfg),
+                              "format_version": FORMAT_VERSION})
         precision = precision_name(trainer.amp_dtype) + (" autocast" if trainer.amp_dtype is not None else "")
         procs = f" x {trainer.dist.world_size} processes" if trainer.dist.enabled else ""
         print(f"ddpm: {len(trainer.dataset)} images from {cfg.dataset_name!r} at {mcfg.image_size}x{mcfg.image_size}x"
@@ -142,19 +130,19 @@ def _run(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig) -> Path:
               f"T={schedule.num_timesteps}; {trainer.device.type}{procs} ({precision}); run folder {run_dir}")
         if state is not None:
             print(f"ddpm: resuming {state['_path']} at step {start}")
-        if not (run_dir / "forward.png").exists():
+        if not run_dir.forward_figure_path.exists():
             n_fig = min(4, len(trainer.dataset))
             forward_ts = sorted({round(f * schedule.num_timesteps) for f in FORWARD_FIGURE_FRACTIONS})
             forward_process_figure(torch.stack([trainer.dataset[i] for i in range(n_fig)]), schedule, forward_ts,
-                                   run_dir / "forward.png", seed=cfg.seed)
+                                   run_dir.forward_figure_path, seed=cfg.seed)
     monitor = Monitor(run_dir, cfg.tensorboard, resume_step=start) if main else None
 
     def save_checkpoint() -> Path:
         state = trainer.state_dict()  # every process reaches this point; only rank 0 writes
-        path = checkpoint_path(run_dir, trainer.step)
+        path = run_dir.checkpoint_path(trainer.step)
         if main:
             atomic_save(state, path)
-            prune_checkpoints(run_dir, cfg.keep_checkpoints)
+            run_dir.prune_checkpoints(cfg.keep_checkpoints)
         distributed.barrier()
         return path
 
@@ -164,7 +152,7 @@ def _run(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig) -> Path:
         x = sample_images(trainer.ema, schedule, cfg.num_sample_images, seed=cfg.seed, variance=cfg.sample_variance,
                           clip_x0=cfg.clip_x0, batch_size=min(cfg.batch_size, 64),
                           autocast_dtype=trainer.amp_dtype if trainer.amp_dtype == torch.bfloat16 else None)
-        path = save_grid(x, run_dir / "samples" / f"step_{trainer.step:08d}.png")
+        path = save_grid(x, run_dir.sample_grid_path(trainer.step))
         monitor.image(trainer.step, "samples", _rgb(grid_image(to_uint8(x))))
         return path
 
@@ -212,7 +200,7 @@ def _run(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig) -> Path:
             monitor.close()
 
 
-def _finish(trainer: Trainer, run_dir: Path, stopped_for: str | None, last_saved: int,
+def _finish(trainer: Trainer, run_dir: RunDir, stopped_for: str | None, last_saved: int,
             save_checkpoint: Any, save_samples: Any) -> Path:
     """Final checkpoint, loss curve and sample grid; the reason training stopped, if not max_steps."""
     cfg = trainer.cfg
@@ -221,22 +209,22 @@ def _finish(trainer: Trainer, run_dir: Path, stopped_for: str | None, last_saved
     if stopped_for == "nonfinite":
         raise FloatingPointError(
             f"Training stopped: {cfg.max_nonfinite_steps} steps in a row had a non-finite loss or gradient "
-            f"(last good step {trainer.step}, checkpoint {checkpoint_path(run_dir, trainer.step)}). Lower "
+            f"(last good step {trainer.step}, checkpoint {run_dir.checkpoint_path(trainer.step)}). Lower "
             "learning_rate, keep grad_clip on, or use precision='fp32'; then resume.")
     if not trainer.dist.is_main:
-        return run_dir
-    print(f"ddpm: checkpoint {checkpoint_path(run_dir, trainer.step)}")
-    history = [(r["step"], r["loss"]) for r in read_metrics(run_dir) if "loss" in r]
+        return run_dir.path
+    print(f"ddpm: checkpoint {run_dir.checkpoint_path(trainer.step)}")
+    history = [(r["step"], r["loss"]) for r in run_dir.metrics() if "loss" in r]
     if history:
-        print(f"ddpm: loss curve {loss_curve_figure(*zip(*history, strict=True), run_dir / 'loss.png')}")
-    print(f"ddpm: forward-process figure {run_dir / 'forward.png'}")
+        print(f"ddpm: loss curve {loss_curve_figure(*zip(*history, strict=True), run_dir.loss_figure_path)}")
+    print(f"ddpm: forward-process figure {run_dir.forward_figure_path}")
     if stopped_for == "signal":
         print(f"ddpm: stopped at step {trainer.step} of {cfg.max_steps}; continue with resume=True (--resume).")
-        return run_dir
+        return run_dir.path
     grid = save_samples()
     if grid is not None:
         print(f"ddpm: sample grid {grid}")
-    return run_dir
+    return run_dir.path
 
 
 def _rgb(image: Any) -> np.ndarray:

@@ -1,6 +1,6 @@
 """One training process's state and step: data stream, model, EMA, optimiser, RNG (DDPM Algorithm 1).
 
-train.py drives it (run folder, logging, checkpoints, signals); a Trainer can also be stepped
+loop.py drives it (run folder, logging, checkpoints, signals); a Trainer can also be stepped
 directly, as dry_run and the tests do.
 """
 
@@ -16,9 +16,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from . import distributed
-from .config import ConfigError, DiffusionConfig, ModelConfig, config_to_dict
-from .data import (
+from .. import distributed
+from ..checkpoint import FORMAT_VERSION
+from ..config import ConfigError, DiffusionConfig, ModelConfig, config_to_dict
+from ..data import (
     IN_MEMORY_LIMIT_BYTES,
     ArrayImages,
     BatchStream,
@@ -28,10 +29,10 @@ from .data import (
     load_dataset,
     to_float,
 )
-from .losses import diffusion_loss
-from .runtime import autocast, resolve_device, resolve_precision
-from .schedule import NoiseSchedule
-from .unet import UNet
+from ..losses import diffusion_loss
+from ..runtime import autocast, resolve_device, resolve_precision
+from ..schedule import NoiseSchedule
+from ..unet import UNet
 
 NUM_LOSS_BUCKETS = 4  # the loss is also logged by quarter of the timestep range
 
@@ -73,13 +74,15 @@ class Trainer:
 
         def load() -> Dataset:
             return load_dataset(cfg.dataset_name, mcfg.image_size, mcfg.image_channels, cfg.data_root,
-                                cfg.crop_mode, cfg.cache_dir, cfg.num_workers)
+                                cfg.crop_mode, cfg.cache_dir, cfg.decode_workers)
 
-        # Rank 0 decodes an image folder into the cache; the others then find it there.
-        if self.dist.is_main:
+        # One process per node (local rank 0) decodes an image folder into the cache; the node's
+        # others then find it there. Nodes that share a filesystem may build it at once: the cache
+        # writes are atomic (image_files.cached_folder).
+        if self.dist.local_rank == 0:
             self.dataset = load()
         distributed.barrier()
-        if not self.dist.is_main:
+        if self.dist.local_rank != 0:
             self.dataset = load()
         if cfg.batch_size % self.dist.world_size:
             raise ConfigError(f"DiffusionConfig.batch_size={cfg.batch_size} must be divisible by the number of "
@@ -199,6 +202,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue this run exactly: weights, optimiser, data position, RNG."""
         return {
+            "format_version": FORMAT_VERSION,
             "step": self.step,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),

@@ -1,0 +1,80 @@
+"""Config fields as flags: each --flag's type comes from the field's annotation and its help from
+the field's metadata (config._f), so a new field is a new flag with nothing else to edit."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any
+
+from ..config import PRESETS, DiffusionConfig, ModelConfig
+
+
+def int_list(flag: str):
+    """An argparse type for "1,2,4" (brackets allowed) whose errors name the flag and the bad item."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        body = text.strip().strip("[]()")
+        items = [v.strip() for v in body.split(",")] if body else []
+        out = []
+        for item in items:
+            try:
+                out.append(int(item))
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"{flag} takes comma-separated integers like 1,2,4; {item!r} in {text!r} is not an integer") from None
+        return tuple(out)
+
+    parse.__name__ = "integer list"
+    return parse
+
+
+def _base_type(annotation: Any) -> Any:
+    """int for `int`, float for `float | None`, and so on (the non-None member of an Optional)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: frozenset[str] = frozenset()) -> None:
+    """One --flag per config field, default None so that presets and dataclass defaults apply."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(f"{cls.__name__} fields")
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        flag = "--" + f.name.replace("_", "-")
+        text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
+        kind = _base_type(hints[f.name])
+        if kind is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif typing.get_origin(kind) is tuple:
+            group.add_argument(flag, dest=f.name, type=int_list(flag), default=None, metavar="I,J,..", help=text)
+        elif kind is int:
+            group.add_argument(flag, dest=f.name, type=int, default=None, metavar="N", help=text)
+        elif kind is float:
+            group.add_argument(flag, dest=f.name, type=float, default=None, metavar="X", help=text)
+        elif kind is str:
+            group.add_argument(flag, dest=f.name, type=str, default=None, help=text)
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name}: no command-line form for type {kind!r}; skip it or add one.")
+
+
+def configs_from_args(args: argparse.Namespace) -> tuple[DiffusionConfig, ModelConfig]:
+    """The configs a parsed `ddpm train` command line describes: preset, then explicit flags."""
+    diff_kwargs: dict[str, Any] = {}
+    model_kwargs: dict[str, Any] = {}
+    if args.preset:
+        diff_kwargs.update(PRESETS[args.preset][0])
+        model_kwargs.update(PRESETS[args.preset][1])
+    for cls, kwargs in ((DiffusionConfig, diff_kwargs), (ModelConfig, model_kwargs)):
+        for f in dataclasses.fields(cls):
+            value = getattr(args, f.name, None)
+            if value is not None:
+                kwargs[f.name] = value
+    return DiffusionConfig(**diff_kwargs), ModelConfig(**model_kwargs)

@@ -1,0 +1,221 @@
+"""Generate images with a trained model: load a run or checkpoint, sample in batches and shards, gather.
+
+The one path that `ddpm sample`, the training grids, the benchmarks and editing use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from . import distributed
+from .config import DiffusionConfig, ModelConfig
+from .runtime import autocast, resolve_device, resolve_precision
+from .samplers import (
+    DEFAULT_SAMPLER,
+    get_sampler,
+    image_generators,
+    randn,
+    resolve_steps,
+    run_sampler,
+)
+from .schedule import NoiseSchedule
+from .unet import UNet
+
+
+@dataclass
+class LoadedModel:
+    """A trained model ready to sample: EMA weights in eval mode, its configs and schedule."""
+
+    model: UNet
+    diffusion_config: DiffusionConfig
+    model_config: ModelConfig
+    schedule: NoiseSchedule
+    step: int  # the training step of the weights
+    path: Path  # the checkpoint or export they came from
+
+    def sampling_defaults(self) -> dict[str, Any]:
+        """The run's own sampling settings (variance, clipping)."""
+        return {"variance": self.diffusion_config.sample_variance, "clip_x0": self.diffusion_config.clip_x0}
+
+
+def load_model(run: str | Path | None = None, checkpoint: str | Path | None = None,
+               device: torch.device | str = "cpu") -> LoadedModel:
+    """The EMA model of a checkpoint or export, or of a run folder's newest checkpoint that loads."""
+    from .checkpoint import load_source, model_from_state
+
+    state, path = load_source(checkpoint, run, device)
+    model, diff_config, model_config, step = model_from_state(state, path, device)
+    schedule = NoiseSchedule.from_config(diff_config).to(device)
+    return LoadedModel(model, diff_config, model_config, schedule, step, Path(path))
+
+
+def sample_images(
+    model: torch.nn.Module,
+    schedule: NoiseSchedule,
+    num_images: int,
+    seed: int = 0,
+    sampler: str = DEFAULT_SAMPLER,
+    num_steps: int | None = None,
+    spacing: str | None = None,
+    clip_x0: bool = True,
+    batch_size: int = 64,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+    indices: Sequence[int] | None = None,
+    y: torch.Tensor | None = None,
+    **options: Any,
+) -> torch.Tensor:
+    """Generate num_images images in batches; image i depends only on (seed, i).
+
+    Args:
+        model: a UNet (its config gives the image shape); runs on its own device.
+        sampler: a name from ddpm.samplers.SAMPLERS; num_steps its network calls (None = its default).
+        spacing: "uniform" or "logsnr" timesteps (None = the sampler's default).
+        autocast_dtype: run the network under autocast to this dtype (e.g. torch.bfloat16).
+        indices: which images of the run to make (default 0 .. num_images-1), e.g. one process's share.
+        y: (num_images,) class labels, or None.
+        options: sampler settings (variance for ddpm, eta for ddim).
+    Returns:
+        (len(indices), C, S, S) float32 images on the CPU, in [-1, 1].
+    """
+    get_sampler(sampler)  # fail on a bad name before any work
+    if num_images < 0:
+        raise ValueError(f"num_images={num_images} must be >= 0.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1.")
+    param = next(model.parameters())
+    device = param.device
+    cfg = model.config
+    shape = (cfg.image_channels, cfg.image_size, cfg.image_size)
+
+    def net(x: torch.Tensor, t: torch.Tensor, *label: torch.Tensor) -> torch.Tensor:
+        with autocast(device, autocast_dtype):
+            return model(x, t, *label)
+
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        wanted = list(range(num_images)) if indices is None else list(indices)
+        for start in tqdm(range(0, len(wanted), batch_size), desc="batches", disable=not progress or len(wanted) <= batch_size):
+            idx = wanted[start:start + batch_size]
+            gens = image_generators(seed, idx, device)
+            x_T = randn((len(idx), *shape), gens, device)
+            y_b = None if y is None else y[torch.as_tensor(idx)].to(device)
+            x = run_sampler(sampler, net, schedule, x_T, gens, num_steps=num_steps, spacing=spacing,
+                            clip_x0=clip_x0, y=y_b, progress=progress, **options)
+            out.append(x.cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, *shape)
+
+
+@dataclass
+class Generated:
+    """What generate() made: the images (on the main process; None elsewhere) and how."""
+
+    images: torch.Tensor | None
+    loaded: LoadedModel
+    sampler: str
+    timesteps: list[int]  # one network call each
+    is_main: bool
+    world_size: int
+
+    @property
+    def network_calls(self) -> int:
+        """Network evaluations per image (a batched forward counts once)."""
+        return len(self.timesteps)
+
+
+def generate(
+    run: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    num_images: int = 64,
+    seed: int = 0,
+    sampler: str = DEFAULT_SAMPLER,
+    num_steps: int | None = None,
+    spacing: str | None = None,
+    clip_x0: bool | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    precision: str = "auto",
+    progress: bool = True,
+    announce: Any = None,
+    **options: Any,
+) -> Generated:
+    """Load a model and sample num_images images, split over the processes torchrun started (if any).
+
+    Each process makes a contiguous share; image i depends only on (seed, i), so the gathered
+    result equals the single-process one. Settings left None take the run's own (clip_x0, the
+    ddpm variance). announce(text) is called on the main process before sampling starts.
+    """
+    spec = get_sampler(sampler)
+    info, dev = distributed.setup(resolve_device(device))
+    try:
+        loaded = load_model(run, checkpoint, dev)
+        defaults = loaded.sampling_defaults()
+        clip = defaults["clip_x0"] if clip_x0 is None else clip_x0
+        if "variance" in spec.options and options.get("variance") is None:
+            options["variance"] = defaults["variance"]
+        ts = resolve_steps(sampler, loaded.schedule, num_steps, spacing)
+        if announce is not None and info.is_main:
+            announce(f"{num_images} images from {loaded.path} (step {loaded.step}) with {sampler}, "
+                     f"{len(ts)} network calls" + (f", {info.world_size} processes" if info.enabled else ""))
+        x = sample_images(loaded.model, loaded.schedule, num_images, seed=seed, sampler=sampler, num_steps=len(ts),
+                          spacing=spacing, clip_x0=clip, batch_size=batch_size,
+                          autocast_dtype=resolve_precision(precision, dev), progress=progress and info.is_main,
+                          indices=distributed.shard(num_images, info), **options)
+        x = distributed.gather_to_main(x)
+    finally:
+        distributed.teardown()
+    return Generated(x if info.is_main else None, loaded, sampler, ts, info.is_main, info.world_size)
+
+
+def trajectory(
+    loaded: LoadedModel,
+    sampler: str = DEFAULT_SAMPLER,
+    seed: int = 0,
+    num_steps: int | None = None,
+    spacing: str | None = None,
+    clip_x0: bool | None = None,
+    precision: str = "auto",
+    num_frames: int = 8,
+    **options: Any,
+) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """x_t and the predicted x_0 of image 0 of `seed`, at num_frames evenly spread steps of a run.
+
+    The same sampler, settings and image as sample_images with that seed (the run's own clipping
+    and variance where not given). Returns [(paper step t (1 .. T), x_t, x0_hat)], each (C, H, W).
+    """
+    spec = get_sampler(sampler)
+    model, schedule = loaded.model, loaded.schedule
+    device = next(model.parameters()).device
+    defaults = loaded.sampling_defaults()
+    if "variance" in spec.options and options.get("variance") is None:
+        options["variance"] = defaults["variance"]
+    ts = resolve_steps(sampler, schedule, num_steps, spacing)
+    shown = {round(k * (len(ts) - 1) / max(num_frames - 1, 1)) for k in range(num_frames)}
+    frames: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+
+    def record(step) -> None:
+        if step.index in shown:
+            frames.append((step.t + 1, step.x[0].cpu(), step.x0[0].cpu()))
+
+    dtype = resolve_precision(precision, device)
+
+    def net(x: torch.Tensor, t: torch.Tensor, *label: torch.Tensor) -> torch.Tensor:
+        with autocast(device, dtype):
+            return model(x, t, *label)
+
+    gens = image_generators(seed, [0], device)
+    cfg = loaded.model_config
+    x_T = randn((1, cfg.image_channels, cfg.image_size, cfg.image_size), gens, device)
+    run_sampler(sampler, net, schedule, x_T, gens, num_steps=len(ts), spacing=spacing,
+                clip_x0=defaults["clip_x0"] if clip_x0 is None else clip_x0, hook=record, **options)
+    return frames

@@ -1,0 +1,133 @@
+"""RunDir: the one owner of a run folder's layout (config, checkpoints, metrics, samples, figures).
+
+    RUN_DIR/config.json          the resolved configs
+    RUN_DIR/forward.png          the forward-process figure
+    RUN_DIR/metrics.jsonl        one JSON object per logged step
+    RUN_DIR/tensorboard/         TensorBoard event files
+    RUN_DIR/checkpoints/         step_XXXXXXXX.pt, written atomically
+    RUN_DIR/samples/             sample grids
+    RUN_DIR/loss.png             the loss curve
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)\.pt$")
+
+
+class RunDir:
+    """Paths and contents of one run folder; nothing else builds these paths."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def default_for(cls, dataset_name: str) -> RunDir:
+        """runs/<dataset>-<YYYYmmdd-HHMMSS>, with the dataset name made filename-safe."""
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset_name.replace("folder:", "")).strip("_") or "data"
+        return cls(Path("runs") / f"{safe[-40:]}-{datetime.now():%Y%m%d-%H%M%S}")
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | Path) -> RunDir | None:
+        """The run a checkpoint file lies in (RUN_DIR/checkpoints/step_*.pt), or None for any other file."""
+        path = Path(checkpoint).resolve()
+        if CHECKPOINT_PATTERN.match(path.name) and path.parent.name == "checkpoints":
+            return cls(path.parent.parent)
+        return None
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # Paths -----------------------------------------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.path / "samples"
+
+    @property
+    def forward_figure_path(self) -> Path:
+        return self.path / "forward.png"
+
+    @property
+    def loss_figure_path(self) -> Path:
+        return self.path / "loss.png"
+
+    def checkpoint_path(self, step: int) -> Path:
+        """RUN_DIR/checkpoints/step_XXXXXXXX.pt"""
+        return self.checkpoints_dir / f"step_{step:08d}.pt"
+
+    def sample_grid_path(self, step: int) -> Path:
+        """RUN_DIR/samples/step_XXXXXXXX.png: the training-time grid after `step` steps."""
+        return self.samples_dir / f"step_{step:08d}.png"
+
+    # Contents --------------------------------------------------------------------------------------
+
+    def write_config(self, configs: dict[str, Any]) -> Path:
+        """config.json with the resolved configs."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(json.dumps(configs, indent=2) + "\n")
+        return self.config_path
+
+    def checkpoints(self) -> list[Path]:
+        """The run's checkpoints, oldest first."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.checkpoints_dir.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def latest_valid_checkpoint(self, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path]:
+        """The newest checkpoint that loads; broken newer ones are reported and passed over."""
+        from .checkpoint import CheckpointError, load_checkpoint
+
+        found = self.checkpoints()
+        if not found:
+            raise CheckpointError(f"No checkpoint in {self.checkpoints_dir}.")
+        errors = []
+        for path in reversed(found):
+            try:
+                state = load_checkpoint(path, map_location)
+            except CheckpointError as err:
+                errors.append(str(err))
+                warnings.warn(f"{err} Trying the previous checkpoint.", stacklevel=2)
+                continue
+            return state, path
+        raise CheckpointError("No checkpoint of the run loads: " + " | ".join(errors))
+
+    def prune_checkpoints(self, keep: int) -> None:
+        """Delete all but the newest `keep` checkpoints (keep = 0: delete none)."""
+        if keep > 0:
+            for path in self.checkpoints()[:-keep]:
+                path.unlink(missing_ok=True)
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """All rows of metrics.jsonl."""
+        if not self.metrics_path.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]

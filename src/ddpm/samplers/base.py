@@ -1,0 +1,142 @@
+"""What every sampler shares: noise with per-image seeds, timestep lists, the denoising step, hooks.
+
+A sampler is a free function (model, schedule, x_T, generator, timesteps, ...) that calls only
+model(x_t, t) (model(x_t, t, y) with class labels). It walks an explicit, descending list of
+timesteps: sampling from x_T starts at T-1, editing (img2img) starts lower. After every step a
+hook may look at the step and replace x (inpainting keeps the known pixels that way).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..schedule import NoiseSchedule, _gather
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+Model = Callable[..., torch.Tensor]  # eps_theta(x_t, t) or eps_theta(x_t, t, y)
+
+SPACINGS = ("uniform", "logsnr")
+
+
+@dataclass
+class Step:
+    """One step of a sampler, as a hook sees it.
+
+    index: 0-based position in the timestep list; t: the timestep of x (0 .. T-1);
+    t_next: the timestep of x_next (-1 = the clean image x_0); x: x_t; x0: the (clipped) predicted
+    x_0; x_next: what the sampler computed for t_next.
+    """
+
+    index: int
+    t: int
+    t_next: int
+    x: torch.Tensor
+    x0: torch.Tensor
+    x_next: torch.Tensor
+
+
+# Called after every step; returns a replacement for step.x_next, or None to keep it.
+Hook = Callable[[Step], torch.Tensor | None]
+
+
+def randn(shape: Sequence[int], generator: Generators, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Standard normal noise of shape (B, ...); with a list of generators, row i comes from generator i."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(tuple(shape), generator=generator, device=device)
+    if len(generator) != shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]} images.")
+    return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=device) for g in generator])
+
+
+def image_generators(seed: int, indices: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One generator per image index, seeded from (seed, index), so image i is the same in any batch."""
+    return [torch.Generator(device=device).manual_seed(seed * 1_000_003 + i) for i in indices]
+
+
+def timestep_list(schedule: NoiseSchedule, num_steps: int, spacing: str = "uniform", start: int | None = None) -> list[int]:
+    """num_steps distinct timesteps from `start` (default T-1) down to 0, descending.
+
+    spacing "uniform" spreads them evenly in t (DDIM's choice); "logsnr" spreads them evenly in
+    log-SNR = log(alphā / (1 - alphā)), which puts more of them near t = 0, where the image
+    changes most per unit of t (DPM-Solver's choice).
+    """
+    T = schedule.num_timesteps
+    start = T - 1 if start is None else int(start)
+    if not 0 <= start < T:
+        raise ValueError(f"start timestep {start} must lie in 0 .. {T - 1}.")
+    if not 1 <= num_steps <= start + 1:
+        raise ValueError(f"sample steps={num_steps} must lie in 1 .. {start + 1} (the training T is {T}).")
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing={spacing!r}; choose one of {SPACINGS}.")
+    if num_steps == 1:
+        return [start]
+    if spacing == "uniform":
+        ts = torch.linspace(start, 0, num_steps, dtype=torch.float64).round().long().tolist()
+    else:
+        abar = schedule.alphas_cumprod[: start + 1].cpu()
+        lam = (abar.log() - torch.log1p(-abar)).numpy()  # decreasing in t
+        targets = torch.linspace(float(lam[start]), float(lam[0]), num_steps, dtype=torch.float64).numpy()
+        # Continuous t for each target by interpolating lambda(t) (np.interp wants increasing x).
+        import numpy as np
+
+        t_cont = np.interp(targets, lam[::-1], np.arange(start, -1, -1, dtype=np.float64))
+        ts = [int(round(v)) for v in t_cont]
+    # Make the list strictly decreasing and exactly num_steps long: rounding can merge neighbours.
+    ts[0], ts[-1] = start, 0
+    for i in range(num_steps - 2, 0, -1):
+        ts[i] = max(ts[i], ts[i + 1] + 1)
+    for i in range(1, num_steps):
+        ts[i] = min(ts[i], ts[i - 1] - 1)
+    return ts
+
+
+def denoise(
+    model: Model,
+    schedule: NoiseSchedule,
+    x: torch.Tensor,
+    i: int,
+    t_model: int,
+    clip_x0: bool,
+    y: torch.Tensor | None = None,
+    need_eps: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step every sampler starts with: predict eps, then x0 (DDPM Eq. 15 inverted), clip.
+
+    Args:
+        i: the index of x's timestep in schedule.
+        t_model: the network's timestep for it (schedule.timesteps[i], passed as a Python int so
+            that the loop never waits on the device to read it).
+        need_eps: recompute eps from the clipped x0, so that (x0, eps) stay consistent with x
+            (DDIM needs that; ancestral sampling only uses x0).
+    Returns:
+        (x0_hat, eps_hat) in float32.
+    """
+    b = x.shape[0]
+    t_idx = torch.full((b,), i, device=x.device, dtype=torch.long)
+    t_model = torch.full((b,), t_model, device=x.device, dtype=torch.long)
+    eps = (model(x, t_model) if y is None else model(x, t_model, y)).float()
+    x0 = schedule.predict_x0_from_eps(x, t_idx, eps)
+    if clip_x0:
+        x0 = x0.clamp(-1.0, 1.0)
+        if need_eps:
+            eps = (x - _gather(schedule.sqrt_alphas_cumprod, t_idx, x) * x0) / _gather(
+                schedule.sqrt_one_minus_alphas_cumprod, t_idx, x)
+    return x0, eps
+
+
+def run_hook(hook: Hook | None, index: int, t: int, t_next: int, x: torch.Tensor, x0: torch.Tensor,
+             x_next: torch.Tensor) -> torch.Tensor:
+    """x_next, or the hook's replacement for it."""
+    if hook is None:
+        return x_next
+    out = hook(Step(index, t, t_next, x, x0, x_next))
+    return x_next if out is None else out
+
+
+def log_snr(abar: float) -> float:
+    """lambda = log(alpha / sigma) = 0.5 log(alphā / (1 - alphā)); +inf at alphā = 1 (clean data)."""
+    return math.inf if abar >= 1.0 else 0.5 * (math.log(abar) - math.log1p(-abar))

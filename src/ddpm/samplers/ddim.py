@@ -1,0 +1,51 @@
+"""DDIM (Song et al. 2021, Eq. 12): deterministic at eta = 0, DDPM-like at eta = 1."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..schedule import NoiseSchedule
+from .base import Generators, Hook, Model, denoise, randn, run_hook
+
+
+@torch.inference_mode()
+def ddim_sample(
+    model: Model,
+    schedule: NoiseSchedule,
+    x_T: torch.Tensor,
+    generator: Generators = None,
+    timesteps: Sequence[int] = (),
+    eta: float = 0.0,
+    clip_x0: bool = True,
+    y: torch.Tensor | None = None,
+    hook: Hook | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """DDIM over the given descending timesteps, ending at the clean image (alphā = 1).
+
+    x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_hat + sigma z, with
+    sigma = eta sqrt((1 - abar_prev) / (1 - abar_t) (1 - abar_t / abar_prev)).
+    One network call per timestep. Arguments as for ddpm_sample; eta >= 0 scales the noise.
+    """
+    ts = list(timesteps)
+    if not ts:
+        raise ValueError("ddim_sample needs at least one timestep.")
+    if eta < 0:
+        raise ValueError(f"eta={eta} must be >= 0 (0 = deterministic, 1 = DDPM-like).")
+    abar = schedule.alphas_cumprod.tolist()  # Python floats once: no device sync inside the loop
+    model_t = schedule.timesteps.tolist()
+    x = x_T.float()
+    for j, i in enumerate(tqdm(ts, desc="sampling (DDIM)", disable=not progress, leave=False)):
+        x0, eps = denoise(model, schedule, x, i, model_t[i], clip_x0, y, need_eps=True)
+        a_t = abar[i]
+        t_next = ts[j + 1] if j + 1 < len(ts) else -1
+        a_prev = abar[t_next] if t_next >= 0 else 1.0
+        sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
+        x_next = a_prev**0.5 * x0 + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps
+        if sigma > 0:
+            x_next = x_next + sigma * randn(x.shape, generator, x.device)
+        x = run_hook(hook, j, i, t_next, x, x0, x_next)
+    return x
