@@ -1,84 +1,162 @@
-"""Samplers x steps against the digits metric and wall time per image, for a trained digits run.
+"""Samplers x network calls against the digits metrics, over several seeds, for a trained digits run.
 
-    make demo && .venv/bin/python benchmarks/sampler_table.py --run runs/demo --num-images 500
+    make demo && .venv/bin/python benchmarks/sampler_table.py --run runs/demo --num-images 1000 \\
+        --out docs/sampler_table.md --json docs/sampler_table.json --figure docs/figures/sampler_quality.png \\
+        --grids docs/figures/sampler_grids.png
 
-Prints a markdown table (the one in docs/results.md) and writes it with --out.
+Every sampler at 5, 10, 15, 20, 25 and 50 network calls (its default spacing), DDPM at all T,
+and each few-step sampler at 10 and 20 calls with the other spacing (seed 0 only). Rows give the
+mean and the spread (min..max) over the seeds. Images are scored against the reference half of
+the digits (see docs/metric_calibration.md for what the metrics can tell apart).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from ddpm.checkpoint import load_source, model_from_state
-from ddpm.generate import sample_images
-from ddpm.images import save_grid
-from ddpm.metrics import digits_score, train_digits_classifier
+from ddpm.generate import load_model, sample_images
+from ddpm.images import grid_image, pyplot, save_figure, to_uint8
+from ddpm.metrics import digits_score, heldout_digits, train_digits_classifier
 from ddpm.runtime import resolve_precision
-from ddpm.schedule import NoiseSchedule
+from ddpm.samplers import SAMPLERS
 
-CONFIGS = [  # (sampler, steps, variance or eta)
-    ("ddpm", None, "beta"),
-    ("ddpm", None, "beta_tilde"),
-    ("ddim", 10, 0.0),
-    ("ddim", 20, 0.0),
-    ("ddim", 50, 0.0),
-    ("ddim", 100, 0.0),
-    ("ddim", 50, 1.0),
-]
+CALLS = (5, 10, 15, 20, 25, 50)
+FEW_STEP = ("ddim", "dpmpp-2m", "dpmpp-2m-sde")
+# Grids shown side by side in the figure: (sampler, calls).
+SHOWN = (("ddpm", None), ("ddim", 50), ("ddim", 10), ("dpmpp-2m", 10), ("dpmpp-2m-sde", 10), ("dpmpp-2m-sde", 20),
+         ("dpmpp-2m", 20), ("ddpm", 50))
+
+
+def configs(T: int) -> list[tuple[str, int, str, bool]]:
+    """(sampler, calls, spacing, all seeds) for every row of the table."""
+    rows = [("ddpm", T, "uniform", True)]
+    for name in ("ddpm", *FEW_STEP):
+        rows += [(name, k, SAMPLERS[name].default_spacing, True) for k in CALLS]
+    for name in FEW_STEP:
+        other = "uniform" if SAMPLERS[name].default_spacing == "logsnr" else "logsnr"
+        rows += [(name, k, other, False) for k in (10, 20)]
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="run folder of a digits model")
-    parser.add_argument("--num-images", type=int, default=500)
+    parser.add_argument("--num-images", type=int, default=1000)
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated sampling seeds")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     parser.add_argument("--out", help="write the markdown table here")
-    parser.add_argument("--grids", help="folder for one 64-image grid per configuration")
+    parser.add_argument("--json", help="write every measurement here")
+    parser.add_argument("--figure", help="quality against network calls, as a PNG")
+    parser.add_argument("--grids", help="one figure of 36-image grids side by side for a few settings")
+    parser.add_argument("--only", help="comma-separated sampler names to run (default: all)")
     args = parser.parse_args()
 
-    state, path = load_source(None, args.run)
-    model, dcfg, _, step = model_from_state(state, path)
-    schedule = NoiseSchedule.from_config(dcfg)
+    loaded = load_model(args.run)
     dtype = resolve_precision(args.precision, torch.device("cpu"))
     classifier, accuracy = train_digits_classifier()
-    T = schedule.num_timesteps
-    rows = [f"Checkpoint `{path}` (step {step}), {args.num_images} images per row, seed 0, "
-            f"{'bf16 autocast' if dtype else 'fp32'}, torch threads {torch.get_num_threads()}; digits classifier "
-            f"held-out accuracy {accuracy:.3f}.", "",
-            "| sampler | steps | variance / eta | FD-digits | KD-digits x1000 | confidence | classes covered | ms per image |",
-            "|---|---|---|---|---|---|---|---|"]
-    for sampler, steps, knob in CONFIGS:
-        kwargs = dict(sampler=sampler, num_steps=steps, autocast_dtype=dtype, batch_size=250)
-        if sampler == "ddpm":
-            kwargs["variance"] = knob
-        else:
-            kwargs["eta"] = knob
-        t0 = time.perf_counter()
-        x = sample_images(model, schedule, args.num_images, seed=0, **kwargs)
-        ms = 1000 * (time.perf_counter() - t0) / args.num_images
-        s = digits_score(x, classifier, accuracy)
-        label = "beta_tilde" if knob == "beta_tilde" else ("beta" if knob == "beta" else f"eta={knob:g}")
-        rows.append(f"| {sampler.upper()} | {steps or T} | {label} | {s.fd_digits:.2f} | {s.kd_digits:.2f} | "
-                    f"{s.confidence:.3f} | {s.coverage}/10 | {ms:.1f} |")
-        print(rows[-1], flush=True)
-        if args.grids:
-            save_grid(x[:64], Path(args.grids) / f"{sampler}_{steps or T}_{label}.png")
-    # Reference: real digits scored the same way (the floor the samples can reach).
-    from ddpm.data import load_digits_dataset
-
-    real = load_digits_dataset(model.config.image_size, model.config.image_channels).images
-    idx = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[: args.num_images]
-    s = digits_score(real[idx], classifier, accuracy)
-    rows.append(f"| real digits (same N) | - | - | {s.fd_digits:.2f} | {s.kd_digits:.2f} | {s.confidence:.3f} | "
-                f"{s.coverage}/10 | - |")
-    text = "\n".join(rows) + "\n"
+    seeds = [int(s) for s in args.seeds.split(",")]
+    T = loaded.schedule.num_timesteps
+    results, shown = [], {}
+    for name, calls, spacing, all_seeds in configs(T):
+        if args.only and name not in args.only.split(","):
+            continue
+        for seed in seeds if all_seeds else seeds[:1]:
+            t0 = time.perf_counter()
+            x = sample_images(loaded.model, loaded.schedule, args.num_images, seed=seed, sampler=name, num_steps=calls,
+                              spacing=spacing, clip_x0=loaded.diffusion_config.clip_x0, batch_size=250,
+                              autocast_dtype=dtype,
+                              **({"variance": loaded.diffusion_config.sample_variance} if name == "ddpm" else {}))
+            seconds = time.perf_counter() - t0
+            s = digits_score(x, classifier, accuracy)
+            results.append({"sampler": name, "calls": calls, "spacing": spacing, "seed": seed, "seconds": seconds,
+                            "fd_digits": s.fd_digits, "kd_digits": s.kd_digits, "precision": s.precision,
+                            "recall": s.recall, "confidence": s.confidence, "coverage": s.coverage})
+            print(json.dumps(results[-1]), flush=True)
+            key = (name, None if calls == T else calls)
+            if seed == seeds[0] and spacing == SAMPLERS[name].default_spacing and key in SHOWN:
+                shown[key] = x[:36]
+    real = digits_score(heldout_digits(), classifier, accuracy)
+    text = table(results, real, loaded, args, dtype, accuracy)
     print(text)
     if args.out:
         Path(args.out).write_text(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    if args.figure:
+        quality_figure(results, real.fd_digits, T, args.figure)
+    if args.grids and shown:
+        grids_figure(shown, T, args.grids)
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} ({format(min(values), fmt)}..{format(max(values), fmt)})"
+
+
+def table(results: list[dict], real, loaded, args, dtype, accuracy: float) -> str:
+    """The markdown table: one row per (sampler, calls, spacing), mean (min..max) over seeds."""
+    rows = [f"Checkpoint `{loaded.path}` (step {loaded.step}), {args.num_images} images per row and seed, "
+            f"{'bf16 autocast' if dtype else 'fp32'}, torch threads {torch.get_num_threads()}, batch 250; digits "
+            f"classifier held-out accuracy {accuracy:.3f}. Mean (min..max) over seeds {args.seeds} where several.",
+            "", "| sampler | network calls | spacing | FD-digits | recall | precision | KD x1000 | s per 1000 images |",
+            "|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["sampler"], r["calls"], r["spacing"]), []).append(r)
+    for (name, calls, spacing), rs in groups.items():
+        per_k = 1000 / args.num_images
+        rows.append(f"| {name} | {calls} | {spacing} | {_spread([r['fd_digits'] for r in rs], '.2f')} | "
+                    f"{_spread([r['recall'] for r in rs], '.3f')} | {_spread([r['precision'] for r in rs], '.3f')} | "
+                    f"{_spread([r['kd_digits'] for r in rs], '.1f')} | {_spread([r['seconds'] * per_k for r in rs], '.1f')} |")
+    rows.append(f"| real held-out digits (N = {real.num_samples}) | - | - | {real.fd_digits:.2f} | {real.recall:.3f} | "
+                f"{real.precision:.3f} | {real.kd_digits:.1f} | - |")
+    return "\n".join(rows) + "\n"
+
+
+def quality_figure(results: list[dict], real_fd: float, T: int, path: str) -> Path:
+    """FD-digits against network calls, one line per sampler (default spacing), with the seed spread."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name in ("ddpm", *FEW_STEP):
+        pts: dict[int, list[float]] = {}
+        for r in results:
+            if r["sampler"] == name and r["spacing"] == SAMPLERS[name].default_spacing and r["calls"] != T:
+                pts.setdefault(r["calls"], []).append(r["fd_digits"])
+        if not pts:
+            continue
+        ks = sorted(pts)
+        mean = [statistics.mean(pts[k]) for k in ks]
+        ax.plot(ks, mean, marker="o", label=name)
+        ax.fill_between(ks, [min(pts[k]) for k in ks], [max(pts[k]) for k in ks], alpha=0.2)
+    full = [r["fd_digits"] for r in results if r["sampler"] == "ddpm" and r["calls"] == T]
+    if full:
+        ax.axhline(statistics.mean(full), color="k", ls="--", lw=1, label=f"ddpm, all {T} steps")
+    ax.axhline(real_fd, color="gray", ls=":", lw=1, label="real held-out digits")
+    ax.set_xlabel("network calls per image")
+    ax.set_ylabel("FD-digits (lower is better)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.set_title("Sample quality against sampling cost (make demo model)", fontsize=10)
+    return save_figure(fig, path)
+
+
+def grids_figure(shown: dict, T: int, path: str) -> Path:
+    """36-image grids of the SHOWN settings side by side, labelled."""
+    plt = pyplot()
+    keys = [k for k in SHOWN if k in shown]
+    fig, axes = plt.subplots(1, len(keys), figsize=(2.3 * len(keys), 2.7), squeeze=False)
+    for ax, (name, calls) in zip(axes[0], keys, strict=True):
+        ax.imshow(grid_image(to_uint8(shown[(name, calls)]), nrow=6, min_side=0), cmap="gray")
+        ax.set_title(f"{name}, {calls or T} calls", fontsize=9)
+        ax.axis("off")
+    return save_figure(fig, path)
 
 
 if __name__ == "__main__":

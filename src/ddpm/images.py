@@ -62,7 +62,7 @@ def read_npz_meta(path: str | Path) -> dict:
         return json.loads(str(data["meta"])) if "meta" in data.files else {}
 
 
-def _pyplot():
+def pyplot():
     """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
@@ -79,12 +79,13 @@ def _show(ax, img: np.ndarray) -> None:
     ax.set_yticks([])
 
 
-def _save_figure(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, save at 100 dpi (creating the folder) and close a matplotlib figure."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -101,7 +102,7 @@ def forward_process_figure(
         x0: (N, C, H, W) clean images in [-1, 1].
         timesteps: paper timesteps; 0 is the clean image, T the last step.
     """
-    plt = _pyplot()
+    plt = pyplot()
     T = schedule.num_timesteps
     bad = [t for t in timesteps if not 0 <= t <= T]
     if bad:
@@ -123,19 +124,19 @@ def forward_process_figure(
                 signal = 1.0 if t == 0 else float(schedule.alphas_cumprod[t - 1])
                 ax.set_title(f"t = {t}\n" + r"$\bar\alpha_t$" + f" = {signal:.3f}", fontsize=9)
     fig.suptitle(f"Forward process q(x_t | x_0), T = {T}", fontsize=10)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def loss_curve_figure(steps: Sequence[int], losses: Sequence[float], path: str | Path) -> Path:
     """Training loss against step, log-scaled, as a PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot(steps, losses)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("noise-prediction MSE")
     ax.grid(alpha=0.3)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def save_png_folder(x: torch.Tensor, folder: str | Path, first_index: int = 0) -> Path:
@@ -171,7 +172,7 @@ def load_images(path: str | Path) -> torch.Tensor:
 
 def trajectory_figure(frames: Sequence[tuple[int, torch.Tensor, torch.Tensor]], path: str | Path) -> Path:
     """Rows x_t and predicted x_0 of one image at a few t: frames are (paper t, x_t, x0_hat) with (C, H, W)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, len(frames), figsize=(1.8 * len(frames), 4.0), squeeze=False)
     for j, (t, x_t, x0) in enumerate(frames):
         for i, img in enumerate(to_uint8(torch.stack([x_t, x0]))):
@@ -183,4 +184,4 @@ def trajectory_figure(frames: Sequence[tuple[int, torch.Tensor, torch.Tensor]], 
             axes[0][0].set_ylabel("x_t")
             axes[1][0].set_ylabel("predicted x_0")
     fig.suptitle("Reverse process: x_t and the model's x_0 estimate", fontsize=10)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)

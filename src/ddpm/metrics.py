@@ -60,6 +60,26 @@ def kernel_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 10, subset_si
     return float(np.mean(values)), float(np.std(values))
 
 
+def precision_recall(f_fake: np.ndarray, f_real: np.ndarray, k: int = 3) -> tuple[float, float]:
+    """k-NN precision and recall (Kynkäänniemi et al. 2019) of two feature sets.
+
+    Each set's manifold is the union of balls around its points, each reaching that point's k-th
+    nearest neighbour in the same set. Precision = the fraction of fake points inside the real
+    manifold (are samples realistic?); recall = the fraction of real points inside the fake one
+    (do samples cover the data?). A blurry set scores low precision; a collapsed one low recall.
+    """
+    fake = torch.as_tensor(np.asarray(f_fake, np.float64))
+    real = torch.as_tensor(np.asarray(f_real, np.float64))
+
+    def radii(f: torch.Tensor) -> torch.Tensor:
+        return torch.cdist(f, f).kthvalue(k + 1, dim=1).values  # k + 1: the point itself is at 0
+
+    def inside(points: torch.Tensor, centres: torch.Tensor, r: torch.Tensor) -> float:
+        return float((torch.cdist(points, centres) <= r[None, :]).any(dim=1).double().mean())
+
+    return inside(fake, real, radii(real)), inside(real, fake, radii(fake))
+
+
 class DigitsClassifier(nn.Module):
     """A small CNN for the 10 digit classes on 16x16 grayscale images; features() is its 64-d penultimate layer."""
 
@@ -97,6 +117,22 @@ def _digits(size: int = CLASSIFIER_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
     return load_digits_dataset(size, 1).images, torch.from_numpy(load_digits().target).long()
 
 
+def _halves() -> tuple[torch.Tensor, torch.Tensor]:
+    x, _ = _digits()
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))
+    return x[order[: len(x) // 2]], x[order[len(x) // 2:]]
+
+
+def reference_digits() -> torch.Tensor:
+    """The 898 digits (a fixed half) that samples are scored against, (N, 1, 16, 16) in [-1, 1]."""
+    return _halves()[0]
+
+
+def heldout_digits() -> torch.Tensor:
+    """The other 899 digits: real images that are not in the reference, to calibrate the metrics."""
+    return _halves()[1]
+
+
 def train_digits_classifier(seed: int = 0, epochs: int = 30) -> tuple[DigitsClassifier, float]:
     """Train the classifier deterministically on 80% of digits; returns it and its held-out accuracy.
 
@@ -115,7 +151,8 @@ def train_digits_classifier(seed: int = 0, epochs: int = 30) -> tuple[DigitsClas
     if cache.is_file():
         model.load_state_dict(torch.load(cache, weights_only=True))
     else:
-        with torch.random.fork_rng():
+        # Training needs gradients whatever the caller's mode (digits_score runs under no_grad).
+        with torch.random.fork_rng(), torch.enable_grad(), torch.inference_mode(False):
             torch.manual_seed(seed)
             model = DigitsClassifier()
             opt = torch.optim.Adam(model.parameters(), lr=2e-3)
@@ -144,10 +181,12 @@ def train_digits_classifier(seed: int = 0, epochs: int = 30) -> tuple[DigitsClas
 class DigitsScore:
     """The digits metric of a set of samples."""
 
-    fd_digits: float  # Fréchet distance of classifier features, samples vs all 1,797 digits (biased up at small N)
+    fd_digits: float  # Fréchet distance of classifier features, samples vs the 898 reference digits (biased up at small N)
     kd_digits: float  # KID (unbiased MMD^2, cubic kernel) of the same features x 1000; ~0 for real digits
     confidence: float  # mean top-class probability of the samples (real digits: see `reference`)
     coverage: int  # classes that are the top class of at least 2% of samples (of 10)
+    precision: float  # k-NN precision (k = 3) of the features against the reference half: realism
+    recall: float  # k-NN recall (k = 3): how much of the reference the samples cover
     class_counts: list[int]  # how many samples fall in each class
     num_samples: int  # samples the numbers are computed from
     classifier_accuracy: float  # held-out accuracy of the classifier on real digits
@@ -155,15 +194,16 @@ class DigitsScore:
 
 @torch.no_grad()
 def digits_score(samples: torch.Tensor, classifier: DigitsClassifier | None = None, accuracy: float | None = None) -> DigitsScore:
-    """Score (N, C, H, W) samples in [-1, 1] against the built-in digits."""
+    """Score (N, C, H, W) samples in [-1, 1] against the reference half of the built-in digits."""
     if classifier is None:
         classifier, accuracy = train_digits_classifier()
-    real, _ = _digits()
+    real = reference_digits()
     f_real = classifier.features(real).numpy()
     f_fake = classifier.features(samples).numpy()
     probs = torch.softmax(classifier.head(torch.from_numpy(f_fake)), dim=1)
     counts = torch.bincount(probs.argmax(1), minlength=10).tolist()
     n = samples.shape[0]
+    precision, recall = precision_recall(f_fake, f_real)
     scale = float(np.sqrt((f_real.astype(np.float64) ** 2).mean())) or 1.0
     return DigitsScore(
         fd_digits=frechet_distance(*feature_statistics(f_fake), *feature_statistics(f_real)),
@@ -171,6 +211,8 @@ def digits_score(samples: torch.Tensor, classifier: DigitsClassifier | None = No
         kd_digits=1000 * kernel_distance(f_fake / scale, f_real / scale, subsets=20, subset_size=min(n, 500))[0],
         confidence=float(probs.max(1).values.mean()),
         coverage=sum(c >= max(1, 0.02 * n) for c in counts),
+        precision=precision,
+        recall=recall,
         class_counts=counts,
         num_samples=n,
         classifier_accuracy=float(accuracy if accuracy is not None else float("nan")),

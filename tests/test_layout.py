@@ -1,0 +1,125 @@
+"""The contracts the refactor of 2026-11-29 must keep: old checkpoints load and sample bit for bit,
+format versions and renamed fields migrate, sampling-only fields may change on resume, the run
+folder's paths have one owner, and concurrent cache builds do not collide."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_diffusion_config, tiny_model_config
+from PIL import Image
+
+import ddpm
+from ddpm import DiffusionConfig, ModelConfig, train_diffusion
+from ddpm.checkpoint import FORMAT_VERSION, CheckpointError, atomic_save, load_checkpoint
+from ddpm.cli.sample import default_grid_path
+from ddpm.config import RENAMED_FIELDS, config_from_dict
+from ddpm.generate import load_model, sample_images
+from ddpm.image_files import cached_folder
+from ddpm.run_dir import RunDir
+
+FIXTURES = Path(__file__).parent / "fixtures"
+# The settings each golden tensor was made with by the code before the refactor (make_fixture_v0.py).
+GOLDEN = {"ddpm": dict(sampler="ddpm"), "ddpm_beta_tilde": dict(sampler="ddpm", variance="beta_tilde"),
+          "ddim10": dict(sampler="ddim", num_steps=10), "ddim_eta1": dict(sampler="ddim", num_steps=7, eta=1.0),
+          "ddpm_noclip": dict(sampler="ddpm", clip_x0=False)}
+
+
+@pytest.fixture
+def two_threads():
+    """The golden tensors were made with 2 CPU threads; float sums split differently over 1 thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_version_0_checkpoint_loads_and_samples_bit_for_bit_as_before(two_threads):
+    loaded = load_model(checkpoint=FIXTURES / "checkpoint_v0.pt")
+    golden = torch.load(FIXTURES / "golden_samples_v0.pt", weights_only=True)
+    assert loaded.step == 3 and loaded.schedule.num_timesteps == 25
+    for name, kw in GOLDEN.items():
+        kw = {"variance": "beta", "clip_x0": True, **kw} if kw["sampler"] == "ddpm" else {"clip_x0": True, **kw}
+        x = sample_images(loaded.model, loaded.schedule, 4, seed=5, batch_size=3, **kw)
+        assert torch.equal(x, golden[name]), name
+
+
+def test_a_version_0_run_folder_resumes(tmp_path):
+    state = load_checkpoint(FIXTURES / "checkpoint_v0.pt")
+    assert state["format_version"] == FORMAT_VERSION  # migrated on load
+    run = RunDir(tmp_path / "old")
+    run.checkpoints_dir.mkdir(parents=True)
+    shutil.copy(FIXTURES / "checkpoint_v0.pt", run.checkpoint_path(3))
+    diff = config_from_dict(DiffusionConfig, state["diffusion_config"])
+    diff.out_dir, diff.resume, diff.max_steps = str(run.path), True, 4
+    diff.sample_variance = "beta_tilde"  # sampling-only: may change on resume
+    train_diffusion(diff, config_from_dict(ModelConfig, state["model_config"]))
+    assert load_checkpoint(run.checkpoint_path(4))["step"] == 4
+
+
+def test_a_newer_format_is_refused_and_renamed_fields_are_read(tmp_path, monkeypatch):
+    state = load_checkpoint(FIXTURES / "checkpoint_v0.pt")
+    state["format_version"] = FORMAT_VERSION + 1
+    atomic_save(state, tmp_path / "new.pt")
+    with pytest.raises(CheckpointError, match="newer than this ddpm reads"):
+        load_checkpoint(tmp_path / "new.pt")
+    monkeypatch.setitem(RENAMED_FIELDS, "DiffusionConfig", {"lr": "learning_rate"})
+    assert config_from_dict(DiffusionConfig, {"lr": 0.5}).learning_rate == 0.5
+    with pytest.raises(ddpm.ConfigError, match="unknown field"):
+        config_from_dict(DiffusionConfig, {"lr2": 0.5})
+
+
+def test_sampling_only_fields_may_change_on_resume_and_others_may_not(tmp_path):
+    cfg = tiny_diffusion_config(tmp_path, max_steps=2, num_sample_images=0, tensorboard=False)
+    train_diffusion(cfg, tiny_model_config())
+    again = tiny_diffusion_config(tmp_path, max_steps=3, num_sample_images=0, tensorboard=False, resume=True,
+                                  sample_variance="beta_tilde", clip_x0=False)
+    train_diffusion(again, tiny_model_config())
+    bad = tiny_diffusion_config(tmp_path, max_steps=4, resume=True, learning_rate=1e-2)
+    with pytest.raises(ddpm.ConfigError, match="learning_rate"):
+        train_diffusion(bad, tiny_model_config())
+
+
+def test_sample_grids_go_to_the_run_or_beside_the_file(tmp_path):
+    run = RunDir(tmp_path / "r")
+    assert default_grid_path(str(run.path), None, 3) == run.samples_dir / "sample_seed3.png"
+    ckpt = run.checkpoint_path(10)
+    assert default_grid_path(None, str(ckpt), 3).resolve() == (run.samples_dir / "sample_seed3.png").resolve()
+    export = tmp_path / "models" / "x.safetensors"
+    assert default_grid_path(None, str(export), 3) == tmp_path / "models" / "x_seed3.png"
+
+
+def test_concurrent_cache_builds_of_one_folder_do_not_collide(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    results, errors = [], []
+
+    def build():
+        try:
+            results.append(np.asarray(cached_folder(folder, 8, 3, "center", tmp_path / "cache", 1, False)[0]))
+        except Exception as err:  # noqa: BLE001 - the test reports any failure
+            errors.append(err)
+
+    threads = [threading.Thread(target=build) for _ in range(4)]  # one process: the same pid for all
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert all(np.array_equal(r, results[0]) for r in results) and results[0].shape == (40, 8, 8, 3)
+    assert not list((tmp_path / "cache").glob(".*tmp*"))  # no temporary file left behind
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+
+
+def test_public_api_is_declared():
+    for name in ddpm.__all__:
+        assert getattr(ddpm, name) is not None, name
+    assert ddpm.SAMPLERS["dpmpp-2m"].default_steps == 20
