@@ -58,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="write the markdown table here")
     args = parser.parse_args()
-    real = heldout_digits()
+    real = heldout_digits()[0]
     rows = [f"| images (N = {len(real)}) | FD-digits | KD-digits x1000 | precision | recall | confidence |",
             "|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:

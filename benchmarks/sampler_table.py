@@ -81,7 +81,7 @@ def main() -> None:
             key = (name, None if calls == T else calls)
             if seed == seeds[0] and spacing == SAMPLERS[name].default_spacing and key in SHOWN:
                 shown[key] = x[:36]
-    real = digits_score(heldout_digits(), classifier, accuracy)
+    real = digits_score(heldout_digits()[0], classifier, accuracy)
     text = table(results, real, loaded, args, dtype, accuracy)
     print(text)
     if args.out:

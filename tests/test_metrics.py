@@ -96,7 +96,7 @@ def test_precision_recall_against_a_brute_force_reference():
 
 def test_digits_metrics_tell_real_digits_from_blurred_and_noised(classifier):
     model, accuracy = classifier
-    real = heldout_digits()  # not in the reference the metric compares with
+    real = heldout_digits()[0]  # not in the reference the metric compares with
     blurred = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(real, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
     noised = (real + 0.2 * torch.randn(real.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
     s_real, s_blur, s_noise = (digits_score(x, model, accuracy) for x in (real, blurred, noised))

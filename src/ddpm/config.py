@@ -15,6 +15,9 @@ EMBEDDING_PLACEMENTS = ("block_start", "after_conv1")
 SAMPLE_VARIANCES = ("beta", "beta_tilde")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+# The sampler of `ddpm sample` and of the training grids when none is named (chosen by
+# benchmarks/sampler_table.py; docs/results.md has the table).
+DEFAULT_SAMPLER = "ddpm"
 
 
 class ConfigError(ValueError):
@@ -122,6 +125,8 @@ class DiffusionConfig:
     tensorboard: bool = _f(True, "also write TensorBoard event files (needs the tensorboard package)")
     sample_every_steps: int = _f(0, "steps between sample grids; 0 = only at the end")
     num_sample_images: int = _f(64, "images in each fixed-seed sample grid; 0 = no grids")
+    sampler: str = _f(DEFAULT_SAMPLER, "sampler of the training-time sample grids, by name (see `ddpm sample --help`)")
+    sample_steps: int = _f(0, "network calls per image of that sampler; 0 = its default")
     sample_variance: str = _f("beta", "reverse-process variance: \"beta\" or \"beta_tilde\" (posterior)")
     clip_x0: bool = _f(True, "clip the predicted x_0 to [-1, 1] while sampling")
     num_workers: int = _f(0, "DataLoader worker processes for data over 2 GB (0 = load in the training process)")
@@ -145,7 +150,7 @@ class DiffusionConfig:
                  "the scaled default needs T >= 21; use more timesteps or give beta_end explicitly.")
         _require(self.max_steps >= 1, f"DiffusionConfig.max_steps={self.max_steps} must be at least 1.")
         for name in ("warmup_steps", "log_every_steps", "checkpoint_every_steps", "sample_every_steps",
-                     "num_sample_images", "num_workers", "decode_workers", "keep_checkpoints", "batch_per_device", "max_nonfinite_steps"):
+                     "num_sample_images", "num_workers", "decode_workers", "sample_steps", "keep_checkpoints", "batch_per_device", "max_nonfinite_steps"):
             v = getattr(self, name)
             _require(isinstance(v, int) and v >= 0, f"DiffusionConfig.{name}={v!r} must be a non-negative integer.")
         _require(self.batch_per_device == 0 or self.batch_size % self.batch_per_device == 0,
@@ -160,6 +165,12 @@ class DiffusionConfig:
         _require(self.compile_mode in COMPILE_MODES,
                  f"DiffusionConfig.compile_mode={self.compile_mode!r}; choose one of {COMPILE_MODES}.")
         _require(self.crop_mode in ("center", "pad"), f"DiffusionConfig.crop_mode={self.crop_mode!r}; choose 'center' or 'pad'.")
+        from .samplers import SAMPLERS  # the registry is the one list of sampler names
+
+        _require(self.sampler in SAMPLERS, f"DiffusionConfig.sampler={self.sampler!r}; choose one of {sorted(SAMPLERS)}.")
+        _require(self.sample_steps <= self.timesteps_diff,
+                 f"DiffusionConfig.sample_steps={self.sample_steps} exceeds timesteps_diff={self.timesteps_diff}; "
+                 "use 1 .. T, or 0 for the sampler's default.")
         _require(self.sample_variance in SAMPLE_VARIANCES,
                  f"DiffusionConfig.sample_variance={self.sample_variance!r}; choose one of {SAMPLE_VARIANCES}.")
 
@@ -179,7 +190,7 @@ RESUME_MUTABLE_FIELDS = frozenset({
     "batch_per_device", "activation_checkpointing", "compile_model", "compile_mode", "channels_last",
     "max_nonfinite_steps", "decode_workers",
     # Sampling-only settings: no training state depends on them.
-    "sample_variance", "clip_x0",
+    "sample_variance", "clip_x0", "sampler", "sample_steps",
 })
 
 # Config fields renamed since the first checkpoints: {class name: {old name: new name}}. Old

@@ -39,9 +39,17 @@ class LoadedModel:
     step: int  # the training step of the weights
     path: Path  # the checkpoint or export they came from
 
-    def sampling_defaults(self) -> dict[str, Any]:
-        """The run's own sampling settings (variance, clipping)."""
-        return {"variance": self.diffusion_config.sample_variance, "clip_x0": self.diffusion_config.clip_x0}
+    def resolve(self, sampler: str | None, num_steps: int | None, clip_x0: bool | None,
+                options: dict[str, Any]) -> tuple[str, int | None, bool, dict[str, Any]]:
+        """(sampler, num_steps, clip_x0, options) with every None replaced by the run's own setting."""
+        cfg = self.diffusion_config
+        if sampler is None:
+            sampler = cfg.sampler
+            num_steps = num_steps if num_steps is not None else (cfg.sample_steps or None)
+        options = dict(options)
+        if "variance" in get_sampler(sampler).options and options.get("variance") is None:
+            options["variance"] = cfg.sample_variance
+        return sampler, num_steps, cfg.clip_x0 if clip_x0 is None else clip_x0, options
 
 
 def load_model(run: str | Path | None = None, checkpoint: str | Path | None = None,
@@ -138,7 +146,7 @@ def generate(
     checkpoint: str | Path | None = None,
     num_images: int = 64,
     seed: int = 0,
-    sampler: str = DEFAULT_SAMPLER,
+    sampler: str | None = None,
     num_steps: int | None = None,
     spacing: str | None = None,
     clip_x0: bool | None = None,
@@ -152,17 +160,16 @@ def generate(
     """Load a model and sample num_images images, split over the processes torchrun started (if any).
 
     Each process makes a contiguous share; image i depends only on (seed, i), so the gathered
-    result equals the single-process one. Settings left None take the run's own (clip_x0, the
-    ddpm variance). announce(text) is called on the main process before sampling starts.
+    result equals the single-process one. Settings left None take the run's own (its sampler and
+    sample_steps, clip_x0, the ddpm variance). announce(text) is called on the main process before
+    sampling starts.
     """
-    spec = get_sampler(sampler)
+    if sampler is not None:
+        get_sampler(sampler)  # a bad name fails before the model loads
     info, dev = distributed.setup(resolve_device(device))
     try:
         loaded = load_model(run, checkpoint, dev)
-        defaults = loaded.sampling_defaults()
-        clip = defaults["clip_x0"] if clip_x0 is None else clip_x0
-        if "variance" in spec.options and options.get("variance") is None:
-            options["variance"] = defaults["variance"]
+        sampler, num_steps, clip, options = loaded.resolve(sampler, num_steps, clip_x0, options)
         ts = resolve_steps(sampler, loaded.schedule, num_steps, spacing)
         if announce is not None and info.is_main:
             announce(f"{num_images} images from {loaded.path} (step {loaded.step}) with {sampler}, "
@@ -179,7 +186,7 @@ def generate(
 
 def trajectory(
     loaded: LoadedModel,
-    sampler: str = DEFAULT_SAMPLER,
+    sampler: str | None = None,
     seed: int = 0,
     num_steps: int | None = None,
     spacing: str | None = None,
@@ -193,12 +200,9 @@ def trajectory(
     The same sampler, settings and image as sample_images with that seed (the run's own clipping
     and variance where not given). Returns [(paper step t (1 .. T), x_t, x0_hat)], each (C, H, W).
     """
-    spec = get_sampler(sampler)
     model, schedule = loaded.model, loaded.schedule
     device = next(model.parameters()).device
-    defaults = loaded.sampling_defaults()
-    if "variance" in spec.options and options.get("variance") is None:
-        options["variance"] = defaults["variance"]
+    sampler, num_steps, clip, options = loaded.resolve(sampler, num_steps, clip_x0, options)
     ts = resolve_steps(sampler, schedule, num_steps, spacing)
     shown = {round(k * (len(ts) - 1) / max(num_frames - 1, 1)) for k in range(num_frames)}
     frames: list[tuple[int, torch.Tensor, torch.Tensor]] = []
@@ -216,6 +220,6 @@ def trajectory(
     gens = image_generators(seed, [0], device)
     cfg = loaded.model_config
     x_T = randn((1, cfg.image_channels, cfg.image_size, cfg.image_size), gens, device)
-    run_sampler(sampler, net, schedule, x_T, gens, num_steps=len(ts), spacing=spacing,
-                clip_x0=defaults["clip_x0"] if clip_x0 is None else clip_x0, hook=record, **options)
+    run_sampler(sampler, net, schedule, x_T, gens, num_steps=len(ts), spacing=spacing, clip_x0=clip, hook=record,
+                **options)
     return frames

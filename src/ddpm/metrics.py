@@ -117,10 +117,11 @@ def _digits(size: int = CLASSIFIER_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
     return load_digits_dataset(size, 1).images, torch.from_numpy(load_digits().target).long()
 
 
-def _halves() -> tuple[torch.Tensor, torch.Tensor]:
-    x, _ = _digits()
+def _halves() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x, y = _digits()
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))
-    return x[order[: len(x) // 2]], x[order[len(x) // 2:]]
+    half = len(x) // 2
+    return x[order[:half]], x[order[half:]], y[order[half:]]
 
 
 def reference_digits() -> torch.Tensor:
@@ -128,9 +129,10 @@ def reference_digits() -> torch.Tensor:
     return _halves()[0]
 
 
-def heldout_digits() -> torch.Tensor:
-    """The other 899 digits: real images that are not in the reference, to calibrate the metrics."""
-    return _halves()[1]
+def heldout_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """The other 899 digits and their labels: real images that are not in the reference, to
+    calibrate the metrics and to test editing on."""
+    return _halves()[1], _halves()[2]
 
 
 def train_digits_classifier(seed: int = 0, epochs: int = 30) -> tuple[DigitsClassifier, float]:

@@ -1,4 +1,4 @@
-"""`ddpm train | sample | eval | export | noise`: the command line, one module per subcommand.
+"""`ddpm train | sample | edit | eval | export | noise`: the command line, one module per subcommand.
 
 Each module registers its parser and runs one library call; `ddpm <command> --help` is its manual.
 """
@@ -8,21 +8,22 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import edit, export, noise, sample, train
 from . import eval as eval_cmd
-from . import export, noise, sample, train
 
 EPILOG = """examples:
   ddpm train --preset demo                          # ~11 min on a 2-core CPU, built-in digits
   ddpm train --dataset folder:~/images --preset seed --max-steps 100000
   ddpm sample --run runs/demo --num-images 64 --out grid.png --npz samples.npz
   ddpm sample --run runs/demo --sampler dpmpp-2m --sample-steps 10 --out grid_fast.png
+  ddpm edit inpaint --run runs/demo --image digit.png --mask band.png --out filled.png
   ddpm noise --dataset digits --timesteps 0,66,132,200 --out forward.png
   ddpm train --preset demo --out runs/demo --resume --max-steps 8000   # continue a run
   ddpm export --run runs/demo --out demo.safetensors
   tensorboard --logdir runs/demo                    # watch a run (pip install tensorboard)
 """
 
-COMMANDS = (train, sample, eval_cmd, export, noise)
+COMMANDS = (train, sample, edit, eval_cmd, export, noise)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,eval,export,noise}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,edit,eval,export,noise}")
     for command in COMMANDS:
         command.add_parser(sub)
     return parser

@@ -21,10 +21,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      "spell it --run-dir: torchrun takes --run for its own --run-path)")
     src.add_argument("--checkpoint", help="checkpoint file (RUN_DIR/checkpoints/step_*.pt) or an exported .safetensors")
     p.add_argument("--num-images", type=int, default=64, help="how many images (default: 64)")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), default=DEFAULT_SAMPLER,
-                   help=f"{samplers} (default: {DEFAULT_SAMPLER})")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None,
+                   help=f"{samplers} (default: the run's `sampler`, {DEFAULT_SAMPLER} unless it was trained with another)")
     p.add_argument("--sample-steps", type=int, default=None, metavar="K",
-                   help=f"network calls per image, for every sampler (ddpm: respaced); default: {defaults}")
+                   help=f"network calls per image, for every sampler (ddpm: respaced); default: the run's "
+                   f"`sample_steps` with its sampler, else {defaults}")
     p.add_argument("--spacing", choices=SPACINGS, default=None,
                    help="where the K steps lie: uniform in t, or uniform in log-SNR (default: the sampler's own)")
     p.add_argument("--eta", type=float, default=None, help="ddim only: noise, 0 = deterministic, 1 = DDPM-like (default: 0)")
@@ -71,14 +72,14 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_grid_path(args.run, args.checkpoint, args.seed)
     print(f"ddpm: sample grid {save_grid(x[:args.grid_images], out)}")
     if args.npz:
-        meta = {"checkpoint": str(loaded.path), "step": loaded.step, "sampler": args.sampler,
+        meta = {"checkpoint": str(loaded.path), "step": loaded.step, "sampler": result.sampler,
                 "network_calls": result.network_calls, "timesteps": result.timesteps, "seed": args.seed,
                 "num_images": args.num_images}
         print(f"ddpm: samples {save_npz(x, args.npz, meta)} (arr_0: uint8 {tuple(x.shape[i] for i in (0, 2, 3, 1))})")
     if args.png_dir:
         print(f"ddpm: {len(x)} PNGs in {save_png_folder(x, args.png_dir)}")
     if args.trajectory:
-        frames = trajectory(loaded, args.sampler, args.seed, args.sample_steps, args.spacing, args.clip_x0,
+        frames = trajectory(loaded, result.sampler, args.seed, args.sample_steps, args.spacing, args.clip_x0,
                             args.precision, variance=args.variance, eta=args.eta)
         print(f"ddpm: trajectory figure {trajectory_figure(frames, args.trajectory)}")
     return 0

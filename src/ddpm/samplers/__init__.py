@@ -7,17 +7,19 @@ A new sampler is one new module plus one entry in SAMPLERS.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ..config import DEFAULT_SAMPLER
 from ..schedule import NoiseSchedule
 from .base import SPACINGS, Generators, Hook, Model, Step, image_generators, randn, timestep_list
 from .ddim import ddim_sample
 from .ddpm import VARIANCES, ddpm_sample
-from .dpmpp import dpmpp_2m_sample, dpmpp_2m_sde_sample
+from .dpmpp import dpmpp_2m_sample
 
 
 @dataclass(frozen=True)
@@ -41,13 +43,10 @@ SAMPLERS: dict[str, SamplerSpec] = {
         SamplerSpec("ddim", ddim_sample, "DDIM (eta = 0: deterministic)", options=("eta",), default_steps=50),
         SamplerSpec("dpmpp-2m", dpmpp_2m_sample, "DPM-Solver++(2M): deterministic, second order",
                     default_steps=20, default_spacing="logsnr"),
-        SamplerSpec("dpmpp-2m-sde", dpmpp_2m_sde_sample, "SDE-DPM-Solver++(2M): stochastic, second order",
+        SamplerSpec("dpmpp-2m-sde", functools.partial(dpmpp_2m_sample, stochastic=True), "SDE-DPM-Solver++(2M): stochastic, second order",
                     stochastic=True, default_steps=20, default_spacing="logsnr"),
     )
 }
-
-DEFAULT_SAMPLER = "ddpm"
-
 
 def get_sampler(name: str) -> SamplerSpec:
     """The registered sampler called name; a ValueError lists the choices."""
@@ -103,5 +102,5 @@ def run_sampler(
 __all__ = [
     "DEFAULT_SAMPLER", "SAMPLERS", "SPACINGS", "VARIANCES", "SamplerSpec", "Step", "Hook", "get_sampler",
     "resolve_steps", "run_sampler", "timestep_list", "image_generators", "randn", "ddpm_sample", "ddim_sample",
-    "dpmpp_2m_sample", "dpmpp_2m_sde_sample",
+    "dpmpp_2m_sample",
 ]

@@ -70,17 +70,3 @@ def dpmpp_2m_sample(
         x = run_hook(hook, j, model_t[i], model_t[t_next] if t_next >= 0 else -1, x, x0, x_next)
     return x
 
-
-def dpmpp_2m_sde_sample(
-    model: Model,
-    schedule: NoiseSchedule,
-    x_T: torch.Tensor,
-    generator: Generators = None,
-    timesteps: Sequence[int] = (),
-    clip_x0: bool = True,
-    y: torch.Tensor | None = None,
-    hook: Hook | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
-    """SDE-DPM-Solver++(2M): dpmpp_2m_sample with stochastic=True."""
-    return dpmpp_2m_sample(model, schedule, x_T, generator, timesteps, clip_x0, y, hook, progress, stochastic=True)

@@ -38,6 +38,7 @@ from ..images import forward_process_figure, grid_image, loss_curve_figure, save
 from ..monitor import Monitor
 from ..run_dir import RunDir
 from ..runtime import precision_name
+from ..samplers import get_sampler
 from ..unet import count_parameters
 from .trainer import NUM_LOSS_BUCKETS, Trainer
 
@@ -149,9 +150,10 @@ def _run(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig) -> Path:
     def save_samples() -> Path | None:
         if not main or cfg.num_sample_images == 0:
             return None
-        x = sample_images(trainer.ema, schedule, cfg.num_sample_images, seed=cfg.seed, variance=cfg.sample_variance,
-                          clip_x0=cfg.clip_x0, batch_size=min(cfg.batch_size, 64),
-                          autocast_dtype=trainer.amp_dtype if trainer.amp_dtype == torch.bfloat16 else None)
+        options = {"variance": cfg.sample_variance} if "variance" in get_sampler(cfg.sampler).options else {}
+        x = sample_images(trainer.ema, schedule, cfg.num_sample_images, seed=cfg.seed, sampler=cfg.sampler,
+                          num_steps=cfg.sample_steps or None, clip_x0=cfg.clip_x0, batch_size=min(cfg.batch_size, 64),
+                          autocast_dtype=trainer.amp_dtype if trainer.amp_dtype == torch.bfloat16 else None, **options)
         path = save_grid(x, run_dir.sample_grid_path(trainer.step))
         monitor.image(trainer.step, "samples", _rgb(grid_image(to_uint8(x))))
         return path
