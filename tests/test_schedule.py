@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,3 +90,19 @@ def test_predict_x0_inverts_q_sample():
 def test_invalid_schedule_is_rejected():
     with pytest.raises(ValueError, match="beta_start <= beta_end"):
         NoiseSchedule(10, 0.2, 0.1)
+
+
+def test_the_alphabar_figures_in_the_docs_are_what_the_code_computes():
+    repo = Path(__file__).resolve().parents[1]
+    docs = (repo / "README.md").read_text() + (repo / "docs" / "results.md").read_text()
+    scaled = NoiseSchedule.from_config(DiffusionConfig(timesteps_diff=200)).signal_at_T
+    with pytest.warns(UserWarning):
+        unscaled = NoiseSchedule(200, 1e-4, 0.02).signal_at_T
+    paper = NoiseSchedule(1000, 1e-4, 0.02).signal_at_T
+    def sci(x: float) -> str:  # 3.0e-5, as the docs write it
+        mantissa, exponent = f"{x:.1e}".split("e")
+        return f"{mantissa}e{int(exponent)}"
+
+    assert f"alphā_T = {sci(scaled)}" in docs and f"keeps {sci(scaled)} of the signal variance" in docs
+    assert f"alphā_T = {unscaled:.3f} ({100 * unscaled ** 0.5:.0f}% of the signal amplitude)" in docs
+    assert f"T = 1000 schedule ends at {sci(paper)}" in docs

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -32,21 +34,45 @@ class CheckpointError(RuntimeError):
     """A checkpoint file cannot be used; the message names the file and why."""
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (disk full, permission, folder gone); nothing half-written is left."""
+
+
+# What each errno means for a user whose checkpoint did not get written, and what to do about it.
+WRITE_FAILURES = {
+    errno.ENOSPC: "the disk is full: free space there",
+    errno.EDQUOT: "the disk quota is used up: free space there",
+    errno.EACCES: "permission denied: make the folder writable",
+    errno.EPERM: "permission denied: make the folder writable",
+    errno.EROFS: "the filesystem is read-only: train into a writable out_dir",
+    errno.ENOENT: "the folder was removed: recreate it, or train into another out_dir",
+}
+
+
 def atomic_save(obj: Any, path: Path) -> Path:
     """torch.save to a temporary file in the same folder, fsync, then rename over path.
 
-    A crash or Ctrl-C at any moment leaves either the old file or the complete new one.
+    A crash or Ctrl-C at any moment leaves either the old file or the complete new one. A failed
+    write (disk full, permission denied, folder removed) removes the temporary file and raises
+    CheckpointWriteError saying which of these happened.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink(missing_ok=True)
+        cause = err if isinstance(err, OSError) else err.__cause__ or err.__context__
+        if isinstance(cause, OSError):
+            why = WRITE_FAILURES.get(cause.errno, f"{cause.strerror or cause}")
+            raise CheckpointWriteError(f"Could not write {path}: {why} ({type(cause).__name__}: {cause}).") from None
         raise
     return path
 

@@ -8,6 +8,8 @@ rebuilt from its stored ModelConfig.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +29,32 @@ class ConfigError(ValueError):
 def _f(default: Any, help: str) -> Any:
     """A config field with its --help text (the CLI builds each flag from the field and its type)."""
     return field(default=default, metadata={"help": help})
+
+
+def _check_types(config: Any) -> None:
+    """Every field holds a value of its annotated type (ints not bools, lists of ints for tuples)."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value, kind = getattr(config, f.name), hints[f.name]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):
+            options = [a for a in typing.get_args(kind) if a is not type(None)]
+            if value is None:
+                continue
+            kind = options[0]
+        if kind is bool:
+            ok, want = isinstance(value, bool), "True or False"
+        elif kind is int:
+            ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif kind is float:
+            ok, want = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        elif kind is str:
+            ok, want = isinstance(value, str), "a string"
+        elif typing.get_origin(kind) is tuple:
+            ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            want = "a list of integers"
+        else:
+            ok, want = isinstance(value, typing.get_origin(kind) or kind), str(kind)
+        _require(ok, f"{type(config).__name__}.{f.name}={value!r} must be {want}.")
 
 
 def _require(ok: bool, message: str) -> None:
@@ -50,6 +78,7 @@ class ModelConfig:
     embedding_placement: str = _f("block_start", "Where the timestep embedding enters a ResNet block: \"block_start\" adds it to the block's input as the seed describes; \"after_conv1\" is the official DDPM placement.")
 
     def __post_init__(self) -> None:
+        _check_types(self)
         self.dim_multiply = tuple(int(m) for m in self.dim_multiply)
         self.transformer_layers = tuple(int(i) for i in self.transformer_layers)
         levels = len(self.dim_multiply)
@@ -136,7 +165,8 @@ class DiffusionConfig:
     extra: dict[str, Any] = field(default_factory=dict, metadata={"help": "free-form notes stored with the run"})
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.dataset_name, str) and self.dataset_name.strip() != "",
+        _check_types(self)
+        _require(self.dataset_name.strip() != "",
                  "DiffusionConfig.dataset_name is empty; use 'digits', 'FFHQ', 'CIFAR10', 'MNIST' or 'folder:PATH'.")
         _require(self.learning_rate > 0, f"DiffusionConfig.learning_rate={self.learning_rate} must be positive (paper: 2e-4).")
         _require(self.batch_size >= 1, f"DiffusionConfig.batch_size={self.batch_size} must be at least 1.")

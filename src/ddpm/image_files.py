@@ -91,6 +91,28 @@ def _unique_tmp(folder: Path, stem: str, suffix: str) -> Path:
     return Path(name)
 
 
+def _valid_cache(data_path: Path, meta_path: Path, shape: tuple[int, ...]) -> dict | None:
+    """The cache entry's metadata if the entry is whole and is what its key says, else None.
+
+    A truncated .npy, or one whose header does not match (a crash mid-copy, a disk error, a
+    hand-edited file), is reported and decoded again rather than trained on.
+    """
+    if not (data_path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        arr = np.load(data_path, mmap_mode="r")
+        ok = arr.shape == shape and arr.dtype == np.uint8 and 0 <= int(meta["count"]) <= shape[0]
+    except (OSError, ValueError, KeyError, TypeError) as err:  # unreadable header, truncated data, bad JSON
+        ok, arr = False, err
+    if not ok:
+        warnings.warn(f"The dataset cache {data_path} is damaged or does not match its folder "
+                      f"({arr if isinstance(arr, Exception) else f'shape {arr.shape}, expected {shape}'}); "
+                      "decoding the folder again.", stacklevel=3)
+        return None
+    return meta
+
+
 def cached_folder(folder: Path, image_size: int, channels: int, crop: str, cache_dir: Path,
                   decode_workers: int = 0, progress: bool = True) -> tuple[np.ndarray, list[str]]:
     """Every image under folder as a (N, S, S, C) uint8 array memory-mapped from a one-time cache.
@@ -108,8 +130,8 @@ def cached_folder(folder: Path, image_size: int, channels: int, crop: str, cache
     key = _cache_key(folder, files, image_size, channels, crop)
     stem = f"{folder.name or 'root'}-{image_size}x{image_size}x{channels}-{crop}-{key}"
     data_path, meta_path = cache_dir / f"{stem}.npy", cache_dir / f"{stem}.json"
-    if data_path.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
+    meta = _valid_cache(data_path, meta_path, (len(files), image_size, image_size, channels))
+    if meta is not None:
         skipped = meta["skipped"]
     else:
         cache_dir.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
+import socket
 import warnings
 from datetime import datetime
 from pathlib import Path
@@ -23,11 +26,16 @@ import torch
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)\.pt$")
 
 
+class RunDirBusy(RuntimeError):
+    """Another process is training into this run folder; the message names it."""
+
+
 class RunDir:
     """Paths and contents of one run folder; nothing else builds these paths."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._lock_file = None
 
     @classmethod
     def default_for(cls, dataset_name: str) -> RunDir:
@@ -86,6 +94,46 @@ class RunDir:
     def sample_grid_path(self, step: int) -> Path:
         """RUN_DIR/samples/step_XXXXXXXX.png: the training-time grid after `step` steps."""
         return self.samples_dir / f"step_{step:08d}.png"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / ".lock"
+
+    # The trainer's lock --------------------------------------------------------------------------
+
+    def acquire(self) -> None:
+        """Become the one process that trains into this folder, or raise RunDirBusy naming the holder.
+
+        An flock on RUN_DIR/.lock: held while this process lives, released by the OS when it
+        exits or dies (no stale lock survives a crash). Linux maps flock onto NFS's byte-range
+        locks, so it also holds between nodes on a shared filesystem. Sampling and export never
+        take it, so they stay allowed while a run trains.
+        """
+        if self._lock_file is not None:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        f = self.lock_path.open("a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise RunDirBusy(f"{self.path} is already being trained by {holder} (it holds {self.lock_path}). "
+                             "Wait for that run to finish or stop it (Ctrl-C checkpoints it), or train into "
+                             "another out_dir; sampling and export from this folder work meanwhile.") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        self._lock_file = f
+
+    def release(self) -> None:
+        """Let another trainer in (also happens when this process exits)."""
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
 
     # Contents --------------------------------------------------------------------------------------
 

@@ -45,11 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     from ..checkpoint import CheckpointError
     from ..config import ConfigError
     from ..data import DatasetNotFoundError
+    from ..run_dir import RunDirBusy
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DatasetNotFoundError, CheckpointError, ValueError) as err:
+    except (ConfigError, DatasetNotFoundError, CheckpointError, RunDirBusy, ValueError) as err:
         print(f"ddpm {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -31,6 +31,28 @@ def int_list(flag: str):
     return parse
 
 
+def bounded(kind: type, low: float | None = None, high: float | None = None, what: str = ""):
+    """An argparse type: a number of `kind` in [low, high], else a usage error naming the range."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            span = f"at least {low}" if high is None else f"between {low} and {high}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: it must be {span}{what}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+positive_int = bounded(int, 1)
+non_negative_int = bounded(int, 0)
+non_negative_float = bounded(float, 0.0)
+
+
 def _base_type(annotation: Any) -> Any:
     """int for `int`, float for `float | None`, and so on (the non-None member of an Optional)."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..samplers import SAMPLERS
+from .args import bounded, non_negative_int, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         src.add_argument("--checkpoint", help="checkpoint file or an exported .safetensors")
         q.add_argument("--image", action="append", required=True, help=images)
         q.add_argument("--out", required=True, help="output PNG")
-        q.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
+        q.add_argument("--seed", type=non_negative_int, default=0, help="seed of every random draw (default: 0)")
         q.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
         q.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="network precision")
         q.add_argument("--crop", choices=("center", "pad"), default="center", help="how a non-square input becomes square")
@@ -33,19 +34,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                          "re-noised at every step; --resample U > 1 goes back --jump-length J steps U - 1 times.")
     common(q, "the image to complete")
     q.add_argument("--mask", required=True, help="mask image of the input's size; white (>= 128) = fill")
-    q.add_argument("--num-images", type=int, default=8, help="completions to draw (default: 8)")
-    q.add_argument("--jump-length", type=int, default=10, help="RePaint's J (default: 10)")
-    q.add_argument("--resample", type=int, default=1, help="RePaint's U: 1 = no resampling (default: 1)")
+    q.add_argument("--num-images", type=positive_int, default=8, help="completions to draw (default: 8)")
+    q.add_argument("--jump-length", type=positive_int, default=10, help="RePaint's J (default: 10)")
+    q.add_argument("--resample", type=positive_int, default=1, help="RePaint's U: 1 = no resampling (default: 1)")
     q.add_argument("--npz", help="also save the completions as .npz (arr_0: uint8 N,H,W,C)")
 
     q = modes.add_parser("img2img", help="turn an image into a sample close to it (SDEdit)",
                          description="Noise the input to t = strength * T, then denoise with any sampler: strength 0 "
                          "returns the input, 1 is a new sample.")
     common(q, "the image to start from")
-    q.add_argument("--strength", type=float, required=True, help="0 .. 1: how much of the input is replaced by noise")
-    q.add_argument("--num-images", type=int, default=8, help="variations to draw (default: 8)")
+    q.add_argument("--strength", type=bounded(float, 0.0, 1.0), required=True, help="0 .. 1: how much of the input is replaced by noise")
+    q.add_argument("--num-images", type=positive_int, default=8, help="variations to draw (default: 8)")
     q.add_argument("--sampler", choices=sorted(SAMPLERS), default=None, help="sampler (default: the run's)")
-    q.add_argument("--sample-steps", type=int, default=None, help="network calls from t (default: the sampler's)")
+    q.add_argument("--sample-steps", type=positive_int, default=None, help="network calls from t (default: the sampler's)")
     q.add_argument("--npz", help="also save the results as .npz (arr_0: uint8 N,H,W,C)")
 
     q = modes.add_parser("invert", help="the DDIM latent x_T of an image, and its reconstruction",
@@ -53,14 +54,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                          "then decode it again into --out, to show what the latent holds.")
     common(q, "the image to invert")
     q.add_argument("--latent", required=True, help="where to save x_T (a .pt tensor file)")
-    q.add_argument("--sample-steps", type=int, default=50, help="DDIM steps each way (default: 50)")
+    q.add_argument("--sample-steps", type=positive_int, default=50, help="DDIM steps each way (default: 50)")
 
     q = modes.add_parser("interpolate", help="a strip of frames between two images through their DDIM latents",
                          description="Invert both images, interpolate their latents along the sphere, decode each "
                          "frame with DDIM. The end frames are the two reconstructions.")
     common(q, "an end point (give --image twice)")
-    q.add_argument("--frames", type=int, default=8, help="frames in the strip, ends included (default: 8)")
-    q.add_argument("--sample-steps", type=int, default=50, help="DDIM steps each way (default: 50)")
+    q.add_argument("--frames", type=bounded(int, 2), default=8, help="frames in the strip, ends included (default: 8)")
+    q.add_argument("--sample-steps", type=positive_int, default=50, help="DDIM steps each way (default: 50)")
     p.set_defaults(func=run)
 
 
@@ -92,8 +93,6 @@ def run(args: argparse.Namespace) -> int:
 
     clip = loaded.diffusion_config.clip_x0
     n = getattr(args, "num_images", 1)
-    if n < 1:
-        raise ValueError(f"--num-images={n} must be at least 1.")
     gens = image_generators(args.seed, range(n), device)
     if args.mode == "inpaint":
         out = inpaint(net, loaded.schedule, images.expand(n, -1, -1, -1), mask.to(device), gens, args.jump_length,

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .args import positive_int
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `ddpm eval`."""
@@ -20,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("samples", help="samples .npz (arr_0: uint8 N,H,W,C) or folder of PNGs")
     p.add_argument("--dataset", default="digits", help="reference dataset (default: digits)")
     p.add_argument("--data-root", default=None, help="folder holding named datasets")
-    p.add_argument("--max-reference", type=int, default=50_000, help="reference images for FID (default: 50000)")
+    p.add_argument("--max-reference", type=positive_int, default=50_000, help="reference images for FID (default: 50000)")
     p.add_argument("--json", help="also write the report to this file")
     p.set_defaults(func=run)
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..samplers import DEFAULT_SAMPLER, SAMPLERS, SPACINGS, VARIANCES
+from .args import non_negative_float, non_negative_int, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,28 +21,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--run", "--run-dir", dest="run", help="run folder: its newest checkpoint is used (under torchrun, "
                      "spell it --run-dir: torchrun takes --run for its own --run-path)")
     src.add_argument("--checkpoint", help="checkpoint file (RUN_DIR/checkpoints/step_*.pt) or an exported .safetensors")
-    p.add_argument("--num-images", type=int, default=64, help="how many images (default: 64)")
+    p.add_argument("--num-images", type=positive_int, default=64, help="how many images (default: 64)")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None,
                    help=f"{samplers} (default: the run's `sampler`, {DEFAULT_SAMPLER} unless it was trained with another)")
-    p.add_argument("--sample-steps", type=int, default=None, metavar="K",
+    p.add_argument("--sample-steps", type=positive_int, default=None, metavar="K",
                    help=f"network calls per image, for every sampler (ddpm: respaced); default: the run's "
                    f"`sample_steps` with its sampler, else {defaults}")
     p.add_argument("--spacing", choices=SPACINGS, default=None,
                    help="where the K steps lie: uniform in t, or uniform in log-SNR (default: the sampler's own)")
-    p.add_argument("--eta", type=float, default=None, help="ddim only: noise, 0 = deterministic, 1 = DDPM-like (default: 0)")
+    p.add_argument("--eta", type=non_negative_float, default=None, help="ddim only: noise, 0 = deterministic, 1 = DDPM-like (default: 0)")
     p.add_argument("--variance", choices=VARIANCES, default=None,
                    help="ddpm only: reverse variance (default: the run's sample_variance)")
     p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None,
                    help="clip predicted x_0 to [-1, 1] (default: the run's clip_x0)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per network call (default: 64)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per network call (default: 64)")
     p.add_argument("--device", default="auto", help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda', ...")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="network precision (default: auto)")
     p.add_argument("--out", help="grid PNG path (default: RUN_DIR/samples/sample_seed<S>.png for a run or one of its "
                    "checkpoints, else <file>_seed<S>.png beside the checkpoint)")
     p.add_argument("--npz", help="also save the images as .npz (arr_0: uint8 N,H,W,C), the guided-diffusion convention")
     p.add_argument("--png-dir", help="also save every image as PNG_DIR/NNNNNN.png")
-    p.add_argument("--grid-images", type=int, default=256, help="at most this many images in the grid (default: 256)")
+    p.add_argument("--grid-images", type=positive_int, default=256, help="at most this many images in the grid (default: 256)")
     p.add_argument("--trajectory", metavar="PNG", help="also save a figure of x_t and predicted x_0 of image 0 at 8 steps")
     p.set_defaults(func=run)
 

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..checkpoint import FORMAT_VERSION, atomic_save
+from ..checkpoint import FORMAT_VERSION, CheckpointWriteError, atomic_save
 from ..config import (
     RESUME_MUTABLE_FIELDS,
     ConfigError,
@@ -36,7 +36,7 @@ from ..config import (
 from ..generate import sample_images
 from ..images import forward_process_figure, grid_image, loss_curve_figure, save_grid, to_uint8
 from ..monitor import Monitor
-from ..run_dir import RunDir
+from ..run_dir import RunDir, RunDirBusy
 from ..runtime import precision_name
 from ..samplers import get_sampler
 from ..unet import count_parameters
@@ -113,8 +113,25 @@ def train_diffusion(diff_config: DiffusionConfig, model_config: ModelConfig) -> 
 
 
 def _run(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig) -> Path:
-    main = trainer.dist.is_main
     run_dir = RunDir(cfg.out_dir) if cfg.out_dir else RunDir.default_for(cfg.dataset_name)
+    # One trainer per run folder: rank 0 holds the folder's lock for the whole run, and every
+    # process stops at once if another trainer has it.
+    busy = None
+    if trainer.dist.is_main:
+        try:
+            run_dir.acquire()
+        except RunDirBusy as err:
+            busy = err
+    if distributed.broadcast_flag(busy is not None, trainer.device):
+        raise busy or RunDirBusy(f"{run_dir} is already being trained by another process (see rank 0's error).")
+    try:
+        return _train(trainer, cfg, mcfg, run_dir)
+    finally:
+        run_dir.release()
+
+
+def _train(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig, run_dir: RunDir) -> Path:
+    main = trainer.dist.is_main
     state = _resume_state(run_dir, cfg, mcfg, trainer)
     if state is not None:
         trainer.load_state_dict(state)
@@ -141,9 +158,20 @@ def _run(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig) -> Path:
     def save_checkpoint() -> Path:
         state = trainer.state_dict()  # every process reaches this point; only rank 0 writes
         path = run_dir.checkpoint_path(trainer.step)
+        failed = None
         if main:
-            atomic_save(state, path)
-            run_dir.prune_checkpoints(cfg.keep_checkpoints)
+            try:
+                atomic_save(state, path)
+                run_dir.prune_checkpoints(cfg.keep_checkpoints)
+            except CheckpointWriteError as err:
+                failed = err
+        # Training on without checkpoints would risk everything since the last one: stop, on every process.
+        if distributed.broadcast_flag(failed is not None, trainer.device):
+            kept = run_dir.checkpoints()
+            raise CheckpointWriteError(
+                f"{failed or 'Rank 0 could not write a checkpoint.'} Training stopped at step {trainer.step}; "
+                + (f"the last checkpoint, {kept[-1]}, is intact: fix the cause and continue with --resume."
+                   if kept else "no checkpoint was written yet: fix the cause and start again."))
         distributed.barrier()
         return path
 
@@ -193,6 +221,10 @@ def _run(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig) -> Path:
                 if cfg.sample_every_steps and step % cfg.sample_every_steps == 0 and step < cfg.max_steps:
                     save_samples()
                     distributed.barrier()
+        except BaseException:
+            if monitor is not None:
+                monitor.close()
+            raise
         finally:
             bar.close()
     try:
