@@ -118,7 +118,7 @@ def export_ema(checkpoint: str | Path | dict[str, Any], out: str | Path) -> Path
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     configs = {"model_config": state["model_config"], "diffusion_config": state["diffusion_config"], "step": state["step"],
-               "format_version": FORMAT_VERSION}
+               "class_names": state.get("class_names", []), "format_version": FORMAT_VERSION}
     metadata = {key: json.dumps(value) for key, value in configs.items()}
     save_file({k: v.contiguous() for k, v in state["ema"].items()}, str(out), metadata=metadata)
     out.with_suffix(".json").write_text(json.dumps(configs, indent=2) + "\n")

@@ -17,6 +17,7 @@ EMBEDDING_PLACEMENTS = ("block_start", "after_conv1")
 SAMPLE_VARIANCES = ("beta", "beta_tilde")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+LABEL_SOURCES = ("none", "subfolders")
 # The sampler of `ddpm sample` and of the training grids when none is named (chosen by
 # benchmarks/sampler_table.py; docs/results.md has the table).
 DEFAULT_SAMPLER = "ddpm"
@@ -76,6 +77,7 @@ class ModelConfig:
     norm_groups: int = _f(32, "GroupNorm groups; every channel count must be divisible by it")
     attention_heads: int = _f(1, "heads of each self-attention layer (paper: 1)")
     embedding_placement: str = _f("block_start", "Where the timestep embedding enters a ResNet block: \"block_start\" adds it to the block's input as the seed describes; \"after_conv1\" is the official DDPM placement.")
+    num_classes: int = _f(0, "class-conditional model over this many classes (a learned class embedding added to the timestep embedding, plus a 'no class' entry); 0 = unconditional")
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -107,6 +109,7 @@ class ModelConfig:
                      "or lower norm_groups.")
             _require(ch % self.attention_heads == 0,
                      f"ModelConfig.attention_heads={self.attention_heads} does not divide {ch} channels.")
+        _require(self.num_classes >= 0, f"ModelConfig.num_classes={self.num_classes} must be >= 0 (0 = unconditional).")
         _require(self.embedding_placement in EMBEDDING_PLACEMENTS,
                  f"ModelConfig.embedding_placement={self.embedding_placement!r}; choose one of {EMBEDDING_PLACEMENTS}.")
 
@@ -156,11 +159,14 @@ class DiffusionConfig:
     num_sample_images: int = _f(64, "images in each fixed-seed sample grid; 0 = no grids")
     sampler: str = _f(DEFAULT_SAMPLER, "sampler of the training-time sample grids, by name (see `ddpm sample --help`)")
     sample_steps: int = _f(0, "network calls per image of that sampler; 0 = its default")
+    guidance_scale: float = _f(2.0, "classifier-free guidance of a class-conditional model's samples: 0 = unconditional, 1 = plain conditional, > 1 = guided")
     sample_variance: str = _f("beta", "reverse-process variance: \"beta\" or \"beta_tilde\" (posterior)")
     clip_x0: bool = _f(True, "clip the predicted x_0 to [-1, 1] while sampling")
     num_workers: int = _f(0, "DataLoader worker processes for data over 2 GB (0 = load in the training process)")
     decode_workers: int = _f(0, "processes that decode an image folder into the cache, once (0 = all cores)")
     crop_mode: str = _f("center", "non-square images: \"center\" crop, or \"pad\" to a square with black")
+    labels: str = _f("none", "class labels of an image folder: 'subfolders' = each immediate subfolder is a class (names sorted); 'none'. digits, MNIST and CIFAR10 carry their own")
+    class_dropout: float = _f(0.1, "class-conditional training: the fraction of images whose label is swapped for 'no class', so one model also learns the unconditional case (classifier-free guidance)")
     cache_dir: str | None = _f(None, "Where image folders are decoded once into a memory-mapped uint8 cache; None = $DDPM_CACHE/datasets, else ~/.cache/ddpm/datasets.")
     extra: dict[str, Any] = field(default_factory=dict, metadata={"help": "free-form notes stored with the run"})
 
@@ -194,6 +200,9 @@ class DiffusionConfig:
         _require(self.precision in PRECISIONS, f"DiffusionConfig.precision={self.precision!r}; choose one of {PRECISIONS}.")
         _require(self.compile_mode in COMPILE_MODES,
                  f"DiffusionConfig.compile_mode={self.compile_mode!r}; choose one of {COMPILE_MODES}.")
+        _require(self.labels in LABEL_SOURCES, f"DiffusionConfig.labels={self.labels!r}; choose one of {LABEL_SOURCES}.")
+        _require(0.0 <= self.class_dropout < 1.0, f"DiffusionConfig.class_dropout={self.class_dropout} must lie in [0, 1).")
+        _require(0.0 <= self.guidance_scale < 1e3, f"DiffusionConfig.guidance_scale={self.guidance_scale} must lie in [0, 1000).")
         _require(self.crop_mode in ("center", "pad"), f"DiffusionConfig.crop_mode={self.crop_mode!r}; choose 'center' or 'pad'.")
         from .samplers import SAMPLERS  # the registry is the one list of sampler names
 
@@ -220,7 +229,7 @@ RESUME_MUTABLE_FIELDS = frozenset({
     "batch_per_device", "activation_checkpointing", "compile_model", "compile_mode", "channels_last",
     "max_nonfinite_steps", "decode_workers",
     # Sampling-only settings: no training state depends on them.
-    "sample_variance", "clip_x0", "sampler", "sample_steps",
+    "sample_variance", "clip_x0", "sampler", "sample_steps", "guidance_scale",
 })
 
 # Config fields renamed since the first checkpoints: {class name: {old name: new name}}. Old

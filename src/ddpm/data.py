@@ -25,9 +25,12 @@ from .image_files import (
     CROP_MODES,
     IMAGE_EXTENSIONS,
     cached_folder,
+    list_images,
     read_cifar10,
     read_idx_images,
+    read_idx_labels,
     resize_array,
+    subfolder_labels,
 )
 
 DATA_ROOT_ENV = "DDPM_DATA_ROOT"
@@ -39,11 +42,25 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset's files are not where they were looked for; the message says where and how to fix it."""
 
 
-class TensorImages(Dataset):
+class Labelled:
+    """What every dataset has besides its images: per-image class labels, where the data has them."""
+
+    labels: torch.Tensor | None = None  # (N,) int64 class indices, or None for unlabelled data
+    class_names: tuple[str, ...] = ()  # name of each class index
+
+    def _set_labels(self, labels: np.ndarray | torch.Tensor | None, class_names: list[str] | tuple[str, ...]) -> None:
+        self.labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        self.class_names = tuple(class_names)
+        if self.labels is not None and len(self.labels) != len(self):
+            raise ValueError(f"{len(self.labels)} labels for {len(self)} images")
+
+
+class TensorImages(Dataset, Labelled):
     """Images held in memory as one (N, C, S, S) float tensor in [-1, 1]."""
 
-    def __init__(self, images: torch.Tensor) -> None:
+    def __init__(self, images: torch.Tensor, labels=None, class_names=()) -> None:
         self.images = images
+        self._set_labels(labels, class_names)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -52,16 +69,17 @@ class TensorImages(Dataset):
         return self.images[index]
 
 
-class ArrayImages(Dataset):
+class ArrayImages(Dataset, Labelled):
     """uint8 images (N, S, S, C), in memory or memory-mapped from the cache; items are (C, S, S) floats in [-1, 1].
 
     Batches fetched through a DataLoader stay uint8 (a quarter of the bytes to copy) and are
     converted on the device by to_float().
     """
 
-    def __init__(self, images: np.ndarray, skipped: list[str] | None = None) -> None:
+    def __init__(self, images: np.ndarray, skipped: list[str] | None = None, labels=None, class_names=()) -> None:
         self.images = images
         self.skipped = skipped or []
+        self._set_labels(labels, class_names)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -87,9 +105,22 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float() / 127.5 - 1.0 if x.dtype == torch.uint8 else x
 
 
-def collate_batch(batch: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
-    """DataLoader collate: ArrayImages.__getitems__ already returns one batch tensor."""
-    return batch if isinstance(batch, torch.Tensor) else torch.stack(batch)
+def collate_batch(batch):
+    """DataLoader collate: ArrayImages.__getitems__ (and WithLabels') already return whole batches."""
+    return batch if isinstance(batch, (torch.Tensor, tuple)) else torch.stack(batch)
+
+
+class WithLabels(Dataset):
+    """A labelled ArrayImages whose batches are (uint8 images, labels), for the DataLoader path."""
+
+    def __init__(self, dataset: ArrayImages) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.dataset.__getitems__(indices), self.dataset.labels[torch.as_tensor(indices)]
 
 
 @dataclass(frozen=True)
@@ -145,7 +176,7 @@ def load_digits_dataset(image_size: int, channels: int) -> TensorImages:
     if image_size != 8:
         images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
     images = (images.clamp(0, 1) * 2.0 - 1.0).expand(-1, channels, -1, -1).contiguous()
-    return TensorImages(images)
+    return TensorImages(images, load_digits().target, [str(i) for i in range(10)])
 
 
 @register("digits")
@@ -153,8 +184,11 @@ def _digits(spec: DataSpec) -> Dataset:
     return load_digits_dataset(spec.image_size, spec.channels)
 
 
-def image_folder(folder: Path, spec: DataSpec, what: str, fix: str) -> ArrayImages:
-    """Every image under folder, decoded once into the cache; errors name the folder and the fix."""
+def image_folder(folder: Path, spec: DataSpec, what: str, fix: str, labels: str = "none") -> ArrayImages:
+    """Every image under folder, decoded once into the cache; errors name the folder and the fix.
+
+    labels="subfolders" makes each immediate subfolder a class (names sorted); "none" reads no labels.
+    """
     if not folder.is_dir():
         raise DatasetNotFoundError(f"{what} not found: no folder at {folder.resolve()}. {fix}")
     images, skipped = cached_folder(folder, spec.image_size, spec.channels, spec.crop, spec.cache,
@@ -162,6 +196,8 @@ def image_folder(folder: Path, spec: DataSpec, what: str, fix: str) -> ArrayImag
     if len(images) == 0:
         reason = f" ({len(skipped)} files could not be read)" if skipped else f" ({', '.join(IMAGE_EXTENSIONS)})"
         raise DatasetNotFoundError(f"{what}: the folder {folder.resolve()} holds no usable images{reason}. {fix}")
+    if labels == "subfolders":
+        return ArrayImages(images, skipped, *subfolder_labels(folder, list_images(folder), skipped))
     return ArrayImages(images, skipped)
 
 
@@ -176,7 +212,8 @@ def _cifar10(spec: DataSpec) -> Dataset:
     fix = _where(spec, "CIFAR10", "the python version of CIFAR-10 (the data_batch_1..5 files of cifar-10-batches-py)")
     for folder in (spec.root / "CIFAR10" / "cifar-10-batches-py", spec.root / "CIFAR10", spec.root / "cifar-10-batches-py"):
         if list(folder.glob("data_batch_*")):
-            return ArrayImages(resize_array(read_cifar10(folder), spec.image_size, spec.channels))
+            images, labels, names = read_cifar10(folder)
+            return ArrayImages(resize_array(images, spec.image_size, spec.channels), None, labels, names)
     raise DatasetNotFoundError(f"CIFAR10 not found: no data_batch_* files in {(spec.root / 'CIFAR10').resolve()}. {fix}")
 
 
@@ -186,12 +223,16 @@ def _mnist(spec: DataSpec) -> Dataset:
     for folder in (spec.root / "MNIST", spec.root / "MNIST" / "raw"):
         for name in ("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz", "train-images.idx3-ubyte"):
             if (folder / name).is_file():
-                return ArrayImages(resize_array(read_idx_images(folder / name), spec.image_size, spec.channels))
+                images = resize_array(read_idx_images(folder / name), spec.image_size, spec.channels)
+                labels = folder / name.replace("images", "labels").replace("idx3", "idx1")
+                if not labels.is_file():  # the images alone still train an unconditional model
+                    return ArrayImages(images)
+                return ArrayImages(images, None, read_idx_labels(labels), [str(i) for i in range(10)])
     raise DatasetNotFoundError(f"MNIST not found: no train-images-idx3-ubyte[.gz] in {(spec.root / 'MNIST').resolve()}. {fix}")
 
 
 def load_dataset(name: str, image_size: int, channels: int, root: str | None = None, crop: str = "center",
-                 cache_dir: str | None = None, decode_workers: int = 0) -> Dataset:
+                 cache_dir: str | None = None, decode_workers: int = 0, labels: str = "none") -> Dataset:
     """The dataset called `name`, as (C, S, S) float images in [-1, 1].
 
     Args:
@@ -202,6 +243,8 @@ def load_dataset(name: str, image_size: int, channels: int, root: str | None = N
         crop: non-square images are "center"-cropped or "pad"-ded to a square.
         cache_dir: where decoded folders are cached (None = $DDPM_CACHE/datasets or ~/.cache/ddpm/datasets).
         decode_workers: processes that decode a folder into the cache (0 = all cores).
+        labels: for image folders, "subfolders" reads each immediate subfolder as a class; the
+            named datasets with labels (digits, MNIST, CIFAR10) always carry theirs.
     Raises:
         DatasetNotFoundError: the files are missing; the message says where they were looked for.
     """
@@ -210,12 +253,25 @@ def load_dataset(name: str, image_size: int, channels: int, root: str | None = N
     spec = DataSpec(image_size, channels, data_root(root), crop, Path(cache_dir) if cache_dir else None, decode_workers)
     if name.startswith("folder:"):
         folder = Path(name[len("folder:"):]).expanduser()
-        return image_folder(folder, spec, f"Image folder {name!r}", "Give dataset_name='folder:/path/to/a/folder/of/images'.")
+        return image_folder(folder, spec, f"Image folder {name!r}", "Give dataset_name='folder:/path/to/a/folder/of/images'.",
+                            labels)
     loader = DATASETS.get(name.lower())
     if loader is None:
         known = sorted(DATASETS) + ["folder:PATH"]
         raise DatasetNotFoundError(f"DiffusionConfig.dataset_name={name!r} is not a known dataset; choose one of {known}.")
     return loader(spec)
+
+
+def dataset_class_names(cfg, mcfg) -> list[str]:
+    """The class names of the dataset a DiffusionConfig names (for a class-conditional model of it)."""
+    ds = load_dataset(cfg.dataset_name, mcfg.image_size, mcfg.image_channels, cfg.data_root, cfg.crop_mode,
+                      cfg.cache_dir, cfg.decode_workers, cfg.labels)
+    if ds.labels is None:
+        hint = " Add labels='subfolders' (--labels subfolders) to make each subfolder a class." \
+            if cfg.dataset_name.startswith("folder:") else ""
+        raise DatasetNotFoundError(f"{cfg.dataset_name!r} has no class labels, so it cannot train a "
+                                   f"class-conditional model.{hint}")
+    return list(ds.class_names)
 
 
 class BatchStream:

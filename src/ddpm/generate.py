@@ -6,7 +6,7 @@ The one path that `ddpm sample`, the training grids, the benchmarks and editing 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,22 @@ class LoadedModel:
     schedule: NoiseSchedule
     step: int  # the training step of the weights
     path: Path  # the checkpoint or export they came from
+    class_names: list[str] = field(default_factory=list)  # of a class-conditional model, by index
+
+    def class_index(self, name_or_index: str | int) -> int:
+        """The class index a user means by a name ("7", "cat") or an index; errors list the choices."""
+        n = self.model_config.num_classes
+        if n == 0:
+            raise ValueError(f"{self.path} is an unconditional model: it cannot be asked for a class. Train with "
+                             "--class-conditional (ModelConfig.num_classes) to sample by class.")
+        names = self.class_names or [str(i) for i in range(n)]
+        text = str(name_or_index)
+        if text in names:
+            return names.index(text)
+        if text.lstrip("-").isdigit() and 0 <= int(text) < n:
+            return int(text)
+        raise ValueError(f"class {text!r} is not one of this model's {n} classes: indices 0 .. {n - 1} or names "
+                         f"{', '.join(names[:20])}{', ...' if n > 20 else ''}.")
 
     def resolve(self, sampler: str | None, num_steps: int | None, clip_x0: bool | None,
                 options: dict[str, Any]) -> tuple[str, int | None, bool, dict[str, Any]]:
@@ -60,7 +76,33 @@ def load_model(run: str | Path | None = None, checkpoint: str | Path | None = No
     state, path = load_source(checkpoint, run, device)
     model, diff_config, model_config, step = model_from_state(state, path, device)
     schedule = NoiseSchedule.from_config(diff_config).to(device)
-    return LoadedModel(model, diff_config, model_config, schedule, step, Path(path))
+    return LoadedModel(model, diff_config, model_config, schedule, step, Path(path), list(state.get("class_names", [])))
+
+
+def rows_of_classes(num_images: int, classes: Sequence[int]) -> tuple[torch.Tensor, int]:
+    """(labels, images per row) for a grid with one row per class: ceil(num_images / classes) each."""
+    per_row = max(1, -(-num_images // max(len(classes), 1)))
+    return torch.tensor([c for c in classes for _ in range(per_row)], dtype=torch.long), per_row
+
+
+def guided(model: torch.nn.Module, guidance_scale: float):
+    """eps(x, t, y) with classifier-free guidance (Ho & Salimans 2022): eps_u + w (eps_c - eps_u).
+
+    w = 1 is the conditional model alone and w = 0 the unconditional one (one pass each); any other
+    w runs both as one batched forward of twice the batch.
+    """
+    null = model.config.num_classes
+
+    def eps(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if y is None or guidance_scale == 1.0:
+            return model(x, t, y)
+        if guidance_scale == 0.0:
+            return model(x, t, torch.full_like(y, null))
+        both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null)]))
+        cond, uncond = both.float().chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
+    return eps
 
 
 def sample_images(
@@ -77,6 +119,7 @@ def sample_images(
     progress: bool = False,
     indices: Sequence[int] | None = None,
     y: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
     **options: Any,
 ) -> torch.Tensor:
     """Generate num_images images in batches; image i depends only on (seed, i).
@@ -87,7 +130,8 @@ def sample_images(
         spacing: "uniform" or "logsnr" timesteps (None = the sampler's default).
         autocast_dtype: run the network under autocast to this dtype (e.g. torch.bfloat16).
         indices: which images of the run to make (default 0 .. num_images-1), e.g. one process's share.
-        y: (num_images,) class labels, or None.
+        y: (num_images,) class labels of a class-conditional model, or None.
+        guidance_scale: classifier-free guidance w with labels (1 = conditional, 0 = unconditional).
         options: sampler settings (variance for ddpm, eta for ddim).
     Returns:
         (len(indices), C, S, S) float32 images on the CPU, in [-1, 1].
@@ -102,9 +146,13 @@ def sample_images(
     cfg = model.config
     shape = (cfg.image_channels, cfg.image_size, cfg.image_size)
 
+    if y is not None and len(y) != num_images:
+        raise ValueError(f"{len(y)} class labels for {num_images} images.")
+    eps = guided(model, guidance_scale)
+
     def net(x: torch.Tensor, t: torch.Tensor, *label: torch.Tensor) -> torch.Tensor:
         with autocast(device, autocast_dtype):
-            return model(x, t, *label)
+            return eps(x, t, *label)
 
     was_training = model.training
     model.eval()
@@ -134,6 +182,8 @@ class Generated:
     timesteps: list[int]  # one network call each
     is_main: bool
     world_size: int
+    labels: torch.Tensor | None = None  # the class asked for, per image (class-conditional models)
+    per_row: int | None = None  # images per grid row when each row is one class
 
     @property
     def network_calls(self) -> int:
@@ -155,14 +205,17 @@ def generate(
     precision: str = "auto",
     progress: bool = True,
     announce: Any = None,
+    classes: Sequence[str | int] | None = None,
+    guidance_scale: float | None = None,
     **options: Any,
 ) -> Generated:
     """Load a model and sample num_images images, split over the processes torchrun started (if any).
 
     Each process makes a contiguous share; image i depends only on (seed, i), so the gathered
     result equals the single-process one. Settings left None take the run's own (its sampler and
-    sample_steps, clip_x0, the ddpm variance). announce(text) is called on the main process before
-    sampling starts.
+    sample_steps, clip_x0, the ddpm variance, guidance_scale). classes (names or indices) asks a
+    class-conditional model for those classes, one row of the grid each (one class: all images).
+    announce(text) is called on the main process before sampling starts.
     """
     if sampler is not None:
         get_sampler(sampler)  # a bad name fails before the model loads
@@ -171,17 +224,25 @@ def generate(
         loaded = load_model(run, checkpoint, dev)
         sampler, num_steps, clip, options = loaded.resolve(sampler, num_steps, clip_x0, options)
         ts = resolve_steps(sampler, loaded.schedule, num_steps, spacing)
+        y, per_row = None, None
+        if classes:
+            wanted = [loaded.class_index(c) for c in classes]
+            y, per_row = rows_of_classes(num_images, wanted) if len(wanted) > 1 else (torch.full((num_images,), wanted[0]), None)
+            num_images = len(y)
+        w = loaded.diffusion_config.guidance_scale if guidance_scale is None else guidance_scale
         if announce is not None and info.is_main:
             announce(f"{num_images} images from {loaded.path} (step {loaded.step}) with {sampler}, "
-                     f"{len(ts)} network calls" + (f", {info.world_size} processes" if info.enabled else ""))
+                     f"{len(ts)} network calls" + (f", {info.world_size} processes" if info.enabled else "")
+                     + (f", classes {sorted(set(y.tolist()))} at guidance {w:g}" if y is not None else ""))
+        share = distributed.shard(num_images, info)
         x = sample_images(loaded.model, loaded.schedule, num_images, seed=seed, sampler=sampler, num_steps=len(ts),
                           spacing=spacing, clip_x0=clip, batch_size=batch_size,
                           autocast_dtype=resolve_precision(precision, dev), progress=progress and info.is_main,
-                          indices=distributed.shard(num_images, info), **options)
+                          indices=share, y=y, guidance_scale=w, **options)
         x = distributed.gather_to_main(x)
     finally:
         distributed.teardown()
-    return Generated(x if info.is_main else None, loaded, sampler, ts, info.is_main, info.world_size)
+    return Generated(x if info.is_main else None, loaded, sampler, ts, info.is_main, info.world_size, y, per_row)
 
 
 def trajectory(

@@ -211,18 +211,59 @@ class _ArraysOnly(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch file")
 
 
-def read_cifar10(folder: Path) -> np.ndarray:
-    """The 50,000 training images of CIFAR-10 from its python pickle batches, (N, 32, 32, 3) uint8."""
+def read_cifar10(folder: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """CIFAR-10's 50,000 training images (N, 32, 32, 3) uint8, their labels (N,) and the class names.
+
+    Read from the python pickle batches; the names come from batches.meta when it is there.
+    """
     batches = sorted(folder.glob("data_batch_*"))
     if not batches:
         raise FileNotFoundError(f"no data_batch_* files in {folder}")
-    arrays = []
+    arrays, labels = [], []
     for path in batches:
         with open(path, "rb") as f:
             batch = _ArraysOnly(f, encoding="bytes").load()
         data = batch.get(b"data", batch.get("data"))
         arrays.append(np.asarray(data, np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-    return np.concatenate(arrays)
+        labels.append(np.asarray(batch.get(b"labels", batch.get("labels", [-1] * len(arrays[-1]))), np.int64))
+    names = [str(i) for i in range(10)]
+    meta = folder / "batches.meta"
+    if meta.is_file():
+        with open(meta, "rb") as f:
+            info = _ArraysOnly(f, encoding="bytes").load()
+        raw = info.get(b"label_names", info.get("label_names")) or names
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in raw]
+    return np.concatenate(arrays), np.concatenate(labels), names
+
+
+def read_idx_labels(path: Path) -> np.ndarray:
+    """Labels from an IDX label file (MNIST's train-labels-idx1-ubyte; gzipped or not), (N,) int64."""
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    magic, n = int.from_bytes(raw[:4], "big"), int.from_bytes(raw[4:8], "big")
+    if magic != 2049:
+        raise ValueError(f"{path} is not an IDX label file (magic {magic}, expected 2049)")
+    labels = np.frombuffer(raw[8:8 + n], np.uint8)
+    if labels.size != n:
+        raise ValueError(f"{path} is truncated: {labels.size} of {n} labels")
+    return labels.astype(np.int64)
+
+
+def subfolder_labels(folder: Path, files: list[Path], skipped: list[str]) -> tuple[np.ndarray, list[str]]:
+    """The class of each decoded file (files minus the skipped ones) = its immediate subfolder, names sorted.
+
+    Files directly in folder have no class: an error names one.
+    """
+    bad = {s.split(": ", 1)[0] for s in skipped}
+    kept = [p for p in files if str(p) not in bad]
+    loose = [p for p in kept if p.parent == folder]
+    if loose:
+        raise ValueError(f"labels='subfolders' makes each immediate subfolder of {folder} a class, but {loose[0]} "
+                         f"(and {len(loose) - 1} more) lie in the folder itself; move them into a class folder.")
+    names = sorted({p.relative_to(folder).parts[0] for p in kept})
+    index = {name: i for i, name in enumerate(names)}
+    return np.array([index[p.relative_to(folder).parts[0]] for p in kept], np.int64), names
 
 
 def read_idx_images(path: Path) -> np.ndarray:

@@ -43,8 +43,9 @@ def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None) -> Pat
     return path
 
 
-def save_npz(x: torch.Tensor, path: str | Path, meta: dict | None = None) -> Path:
-    """Save images as guided-diffusion's evaluation .npz: arr_0 uint8 (N, H, W, C) in 0..255.
+def save_npz(x: torch.Tensor, path: str | Path, meta: dict | None = None, labels: torch.Tensor | None = None) -> Path:
+    """Save images as guided-diffusion's evaluation .npz: arr_0 uint8 (N, H, W, C) in 0..255, and
+    arr_1 the class asked for of each image (class-conditional samples).
 
     meta (how the samples were made: sampler, network calls, seed, ...) goes in as a JSON string
     under the key "meta"; evaluators that read arr_0 ignore it.
@@ -52,6 +53,8 @@ def save_npz(x: torch.Tensor, path: str | Path, meta: dict | None = None) -> Pat
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     extra = {} if meta is None else {"meta": np.array(json.dumps(meta))}
+    if labels is not None:
+        extra["arr_1"] = np.asarray(labels, np.int64)
     np.savez(path, arr_0=to_uint8(x), **extra)
     return path
 
@@ -146,6 +149,14 @@ def save_png_folder(x: torch.Tensor, folder: str | Path, first_index: int = 0) -
     for i, img in enumerate(to_uint8(x)):
         Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).save(folder / f"{first_index + i:06d}.png")
     return folder
+
+
+def load_labels(path: str | Path) -> torch.Tensor | None:
+    """arr_1 of a samples .npz (the class asked for of each image), or None."""
+    if Path(path).suffix != ".npz":
+        return None
+    with np.load(path) as f:
+        return torch.from_numpy(f["arr_1"]).long() if "arr_1" in f.files else None
 
 
 def load_images(path: str | Path) -> torch.Tensor:

@@ -194,6 +194,20 @@ class DigitsScore:
     classifier_accuracy: float  # held-out accuracy of the classifier on real digits
 
 
+def class_accuracy(samples: torch.Tensor, labels: torch.Tensor, classifier: DigitsClassifier | None = None) -> dict:
+    """How often the digits classifier reads each sample as the class it was asked for.
+
+    Returns {"overall": fraction, "per_class": {class: fraction}, "counts": {class: samples}}.
+    """
+    if classifier is None:
+        classifier, _ = train_digits_classifier()
+    labels = torch.as_tensor(labels).long()
+    with torch.no_grad():
+        hit = (classifier(samples).argmax(1) == labels).double()
+    per = {int(c): float(hit[labels == c].mean()) for c in labels.unique()}
+    return {"overall": float(hit.mean()), "per_class": per, "counts": {int(c): int((labels == c).sum()) for c in labels.unique()}}
+
+
 @torch.no_grad()
 def digits_score(samples: torch.Tensor, classifier: DigitsClassifier | None = None, accuracy: float | None = None) -> DigitsScore:
     """Score (N, C, H, W) samples in [-1, 1] against the reference half of the built-in digits."""

@@ -190,6 +190,9 @@ class UNet(nn.Module):
 
         # Timestep embedding: sinusoid -> Linear -> SiLU -> Linear (official DDPM).
         self.time_mlp = nn.Sequential(nn.Linear(base, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        # Class conditioning (Ho & Salimans 2022): a learned embedding per class plus one "no class"
+        # entry (index num_classes), added to the timestep embedding.
+        self.class_emb = nn.Embedding(config.num_classes + 1, temb_dim) if config.num_classes else None
         self.conv_in = nn.Conv2d(config.image_channels, base, 3, padding=1)
 
         skip_channels = [base]
@@ -232,11 +235,12 @@ class UNet(nn.Module):
         Args:
             x: (B, image_channels, S, S) noisy images, S = config.image_size.
             t: (B,) integer timesteps 0 .. T-1.
-            y: (B,) class labels for a class-conditional model; None for an unconditional one.
+            y: (B,) class labels 0 .. num_classes (num_classes = "no class") for a class-conditional
+                model; None for an unconditional one (a conditional one then runs unconditionally).
         Returns:
             (B, image_channels, S, S) predicted noise.
         """
-        if y is not None:
+        if y is not None and self.class_emb is None:
             raise ValueError("This U-Net is unconditional: it takes no class labels (y). Train a class-conditional "
                              "model to ask for a class, or sample without one.")
         size, channels = self.config.image_size, self.config.image_channels
@@ -246,7 +250,11 @@ class UNet(nn.Module):
                 f"(image_size = lowest_resolution_size * 2**(levels-1)), got {tuple(x.shape)}."
             )
         # In x's dtype, so a float64 model runs (for references); autocast still governs the MLP's matmuls.
-        temb = F.silu(self.time_mlp(timestep_embedding(t, self.config.base_dim).to(x.dtype)))
+        temb = self.time_mlp(timestep_embedding(t, self.config.base_dim).to(x.dtype))
+        if self.class_emb is not None:  # no label = the "no class" entry: the unconditional model
+            labels = torch.full_like(t, self.config.num_classes) if y is None else y
+            temb = temb + self.class_emb(labels).to(temb.dtype)
+        temb = F.silu(temb)
         res = self._checkpointed if self.gradient_checkpointing and self.training else _call
 
         h = self.conv_in(x)

@@ -15,8 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `ddpm eval`."""
     p = sub.add_parser("eval", help="sample-quality metrics of a samples file against a dataset",
                        description="Score samples (.npz with arr_0, or a folder of PNGs). For --dataset digits: "
-                       "FD-digits (Fréchet distance of a project-trained digits classifier's features against all "
-                       "1,797 digits), the classifier's confidence and class coverage. For any dataset: FID and KID "
+                       "FD-digits (Fréchet distance of a project-trained digits classifier's features against a fixed "
+                       "half of the 1,797 digits), the classifier's confidence and class coverage, and, when the .npz has "
+                       "arr_1 (class-conditional samples), how often each sample is the digit asked for. For any dataset: FID and KID "
                        "with Inception-v3 when torch-fidelity and its weights are on this machine (nothing is "
                        "downloaded); otherwise a message says what is missing.")
     p.add_argument("samples", help="samples .npz (arr_0: uint8 N,H,W,C) or folder of PNGs")
@@ -29,14 +30,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Compute the metrics and print them as JSON."""
-    from ..images import load_images
-    from ..metrics import digits_score, inception_status
+    from ..images import load_images, load_labels
+    from ..metrics import class_accuracy, digits_score, inception_status
 
     samples = load_images(args.samples)
+    labels = load_labels(args.samples)
     report: dict[str, Any] = {"samples": str(args.samples), "num_samples": len(samples), "dataset": args.dataset}
     if args.dataset.lower() == "digits":
         score = digits_score(samples)
         report["digits"] = dataclasses.asdict(score)
+        if labels is not None:  # class-conditional samples: were they the digit asked for?
+            report["class_accuracy"] = class_accuracy(samples, labels)
     missing = inception_status()
     if missing is None:
         import numpy as np

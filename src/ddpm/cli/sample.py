@@ -34,6 +34,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="ddpm only: reverse variance (default: the run's sample_variance)")
     p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None,
                    help="clip predicted x_0 to [-1, 1] (default: the run's clip_x0)")
+    p.add_argument("--class", dest="classes", action="append", metavar="C", type=lambda v: [v],
+                   help="class-conditional models: draw this class (an index or a name)")
+    p.add_argument("--classes", dest="classes", action="append", metavar="C,D,..", type=lambda v: v.split(","),
+                   help="class-conditional models: one grid row per class (--num-images split over them)")
+    p.add_argument("--guidance-scale", type=non_negative_float, default=None, metavar="W",
+                   help="classifier-free guidance: 0 = unconditional, 1 = plain conditional, > 1 = guided "
+                   "(default: the run's guidance_scale)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per network call (default: 64)")
     p.add_argument("--device", default="auto", help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda', ...")
@@ -63,20 +70,27 @@ def run(args: argparse.Namespace) -> int:
     from ..generate import generate, trajectory
     from ..images import save_grid, save_npz, save_png_folder, trajectory_figure
 
+    if args.guidance_scale is not None and args.classes is None:
+        raise ValueError("--guidance-scale steers class-conditional sampling: give --class or --classes too.")
     result = generate(args.run, args.checkpoint, args.num_images, seed=args.seed, sampler=args.sampler,
                       num_steps=args.sample_steps, spacing=args.spacing, clip_x0=args.clip_x0,
                       batch_size=args.batch_size, device=args.device, precision=args.precision,
-                      announce=lambda text: print(f"ddpm: {text}"), variance=args.variance, eta=args.eta)
+                      announce=lambda text: print(f"ddpm: {text}"), variance=args.variance, eta=args.eta,
+                      classes=[c for group in args.classes or [] for c in group], guidance_scale=args.guidance_scale)
     if not result.is_main:
         return 0
     x, loaded = result.images, result.loaded
     out = Path(args.out) if args.out else default_grid_path(args.run, args.checkpoint, args.seed)
-    print(f"ddpm: sample grid {save_grid(x[:args.grid_images], out)}")
+    print(f"ddpm: sample grid {save_grid(x[:args.grid_images], out, nrow=result.per_row)}")
     if args.npz:
         meta = {"checkpoint": str(loaded.path), "step": loaded.step, "sampler": result.sampler,
                 "network_calls": result.network_calls, "timesteps": result.timesteps, "seed": args.seed,
-                "num_images": args.num_images}
-        print(f"ddpm: samples {save_npz(x, args.npz, meta)} (arr_0: uint8 {tuple(x.shape[i] for i in (0, 2, 3, 1))})")
+                "num_images": len(x)}
+        if result.labels is not None:
+            meta.update(guidance_scale=args.guidance_scale if args.guidance_scale is not None
+                        else loaded.diffusion_config.guidance_scale, class_names=loaded.class_names)
+        print(f"ddpm: samples {save_npz(x, args.npz, meta, result.labels)} (arr_0: uint8 "
+              f"{tuple(x.shape[i] for i in (0, 2, 3, 1))}" + (", arr_1: the classes asked for)" if result.labels is not None else ")"))
     if args.png_dir:
         print(f"ddpm: {len(x)} PNGs in {save_png_folder(x, args.png_dir)}")
     if args.trajectory:

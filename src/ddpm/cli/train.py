@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from ..config import PRESETS, DiffusionConfig, ModelConfig
@@ -19,6 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "~11 min on 2 CPU cores) or 'seed' (the seed's 128x128 FFHQ model)")
     p.add_argument("--dataset", dest="dataset_name", help="alias of --dataset-name")
     p.add_argument("--out", dest="out_dir", help="alias of --out-dir")
+    p.add_argument("--class-conditional", action="store_true",
+                   help="train a class-conditional model on the dataset's labels (num_classes = its class count; "
+                   "for a folder add --labels subfolders)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config, parameter count, and the "
                    "measured seconds per step and peak memory of a few steps; write nothing and exit")
     add_config_arguments(p, DiffusionConfig, skip=frozenset({"extra"}))
@@ -31,6 +35,11 @@ def run(args: argparse.Namespace) -> int:
     from ..training import dry_run, train_diffusion
 
     diff_config, model_config = configs_from_args(args)
+    if args.class_conditional and model_config.num_classes == 0:
+        from ..data import dataset_class_names
+
+        names = dataset_class_names(diff_config, model_config)
+        model_config = dataclasses.replace(model_config, num_classes=len(names))
     if args.dry_run:
         print(json.dumps(dry_run(diff_config, model_config), indent=2))
         return 0

@@ -33,7 +33,7 @@ from ..config import (
     config_to_dict,
     resume_mismatches,
 )
-from ..generate import sample_images
+from ..generate import rows_of_classes, sample_images
 from ..images import forward_process_figure, grid_image, loss_curve_figure, save_grid, to_uint8
 from ..monitor import Monitor
 from ..run_dir import RunDir, RunDirBusy
@@ -140,7 +140,7 @@ def _train(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig, run_dir: R
 
     if main:
         run_dir.write_config({"diffusion_config": config_to_dict(cfg), "model_config": config_to_dict(mcfg),
-                              "format_version": FORMAT_VERSION})
+                              "class_names": trainer.class_names, "format_version": FORMAT_VERSION})
         precision = precision_name(trainer.amp_dtype) + (" autocast" if trainer.amp_dtype is not None else "")
         procs = f" x {trainer.dist.world_size} processes" if trainer.dist.enabled else ""
         print(f"ddpm: {len(trainer.dataset)} images from {cfg.dataset_name!r} at {mcfg.image_size}x{mcfg.image_size}x"
@@ -179,10 +179,13 @@ def _train(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig, run_dir: R
         if not main or cfg.num_sample_images == 0:
             return None
         options = {"variance": cfg.sample_variance} if "variance" in get_sampler(cfg.sampler).options else {}
-        x = sample_images(trainer.ema, schedule, cfg.num_sample_images, seed=cfg.seed, sampler=cfg.sampler,
-                          num_steps=cfg.sample_steps or None, clip_x0=cfg.clip_x0, batch_size=min(cfg.batch_size, 64),
+        # A class-conditional run's grid has one row per class.
+        y, nrow = rows_of_classes(cfg.num_sample_images, range(trainer.num_classes)) if trainer.num_classes else (None, None)
+        x = sample_images(trainer.ema, schedule, len(y) if y is not None else cfg.num_sample_images, seed=cfg.seed,
+                          sampler=cfg.sampler, num_steps=cfg.sample_steps or None, clip_x0=cfg.clip_x0,
+                          batch_size=min(cfg.batch_size, 64), y=y, guidance_scale=cfg.guidance_scale,
                           autocast_dtype=trainer.amp_dtype if trainer.amp_dtype == torch.bfloat16 else None, **options)
-        path = save_grid(x, run_dir.sample_grid_path(trainer.step))
+        path = save_grid(x, run_dir.sample_grid_path(trainer.step), nrow=nrow)
         monitor.image(trainer.step, "samples", _rgb(grid_image(to_uint8(x))))
         return path
 

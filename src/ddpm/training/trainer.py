@@ -24,6 +24,7 @@ from ..data import (
     ArrayImages,
     BatchStream,
     TensorImages,
+    WithLabels,
     apply_flip,
     collate_batch,
     load_dataset,
@@ -74,7 +75,7 @@ class Trainer:
 
         def load() -> Dataset:
             return load_dataset(cfg.dataset_name, mcfg.image_size, mcfg.image_channels, cfg.data_root,
-                                cfg.crop_mode, cfg.cache_dir, cfg.decode_workers)
+                                cfg.crop_mode, cfg.cache_dir, cfg.decode_workers, cfg.labels)
 
         # One process per node (local rank 0) decodes an image folder into the cache; the node's
         # others then find it there. Nodes that share a filesystem may build it at once: the cache
@@ -84,6 +85,8 @@ class Trainer:
         distributed.barrier()
         if self.dist.local_rank != 0:
             self.dataset = load()
+        self.num_classes = mcfg.num_classes
+        self.class_names = self._check_labels() if self.num_classes else []
         if cfg.batch_size % self.dist.world_size:
             raise ConfigError(f"DiffusionConfig.batch_size={cfg.batch_size} must be divisible by the number of "
                               f"processes ({self.dist.world_size}); it is the global batch.")
@@ -124,28 +127,46 @@ class Trainer:
 
     # Data ----------------------------------------------------------------------------------------
 
+    def _check_labels(self) -> list[str]:
+        """The class names of a class-conditional run, after checking the data has that many classes."""
+        n, name = self.mcfg.num_classes, self.cfg.dataset_name
+        if self.dataset.labels is None:
+            hint = " (set labels='subfolders' to make each subfolder a class)" if name.startswith("folder:") else ""
+            raise ConfigError(f"ModelConfig.num_classes={n} asks for a class-conditional model, but {name!r} has no "
+                              f"labels{hint}; or set num_classes=0 for an unconditional model.")
+        names = list(self.dataset.class_names)
+        if len(names) != n:
+            raise ConfigError(f"ModelConfig.num_classes={n}, but {name!r} has {len(names)} classes "
+                              f"({', '.join(names[:12])}{', ...' if len(names) > 12 else ''}); set num_classes={len(names)}.")
+        return names
+
     def _start_batches(self) -> None:
         """Batches of this process's share, from the stream's current position, on the device."""
         ds = self.dataset
         if isinstance(ds, TensorImages) or (isinstance(ds, ArrayImages) and ds.images.nbytes < IN_MEMORY_LIMIT_BYTES):
             # Small data: one tensor on the device, indexed per batch (uint8 stays uint8 until then).
             images = (ds.images if isinstance(ds, TensorImages) else ds.as_tensor()).to(self.device)
-            self._batches = (images[idx.to(self.device)] for idx in iter(self.stream.next_indices, None))
+            labels = ds.labels.to(self.device) if self.num_classes else None
+            self._batches = ((images[i], None if labels is None else labels[i])
+                             for i in (idx.to(self.device) for idx in iter(self.stream.next_indices, None)))
         else:
-            loader = DataLoader(ds, batch_sampler=self.stream, num_workers=self.cfg.num_workers,
-                                collate_fn=collate_batch, pin_memory=self.device.type == "cuda",
-                                persistent_workers=self.cfg.num_workers > 0)
-            self._batches = (b.to(self.device, non_blocking=True) for b in loader)
+            loader = DataLoader(WithLabels(ds) if self.num_classes else ds, batch_sampler=self.stream,
+                                num_workers=self.cfg.num_workers, collate_fn=collate_batch,
+                                pin_memory=self.device.type == "cuda", persistent_workers=self.cfg.num_workers > 0)
+            self._batches = ((x.to(self.device, non_blocking=True), None if y is None else y.to(self.device))
+                             for x, y in (b if isinstance(b, tuple) else (b, None) for b in loader))
         self._batches_consumed = self.stream.batches_consumed
 
-    def _next_batch(self) -> torch.Tensor:
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(images, labels or None) of this step, on the device."""
         if self._batches is None:
             self._start_batches()
         self._batches_consumed += 1  # counted here: a DataLoader's sampler runs ahead of the loop
-        x = to_float(next(self._batches))
+        x, y = next(self._batches)
+        x = to_float(x)
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return x, y
 
     # One step ------------------------------------------------------------------------------------
 
@@ -159,18 +180,23 @@ class Trainer:
         bucket_count = torch.zeros(NUM_LOSS_BUCKETS, device=self.device)
         # This process's share of the batch, and all its random draws, are taken at once, so that
         # splitting it into accumulated micro-batches changes nothing but memory.
-        x0 = self._next_batch()
+        x0, y = self._next_batch()
         mine = slice(self.dist.rank * x0.shape[0], (self.dist.rank + 1) * x0.shape[0])
         B, g = cfg.batch_size, self.generator
         if cfg.use_augmentation:
             x0 = apply_flip(x0, (torch.rand(B, device=self.device, generator=g) < 0.5)[mine])
         t = torch.randint(0, self.schedule.num_timesteps, (B,), device=self.device, generator=g)[mine]
         noise = torch.randn((B, *x0.shape[1:]), device=self.device, dtype=x0.dtype, generator=g)[mine]
-        chunks = zip(x0.split(self.micro_batch), t.split(self.micro_batch), noise.split(self.micro_batch), strict=True)
-        for micro, (x0_m, t_m, noise_m) in enumerate(chunks):
+        if y is not None:  # classifier-free guidance training: some labels become "no class" (index num_classes)
+            drop = (torch.rand(B, device=self.device, generator=g) < cfg.class_dropout)[mine]
+            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
+        ys = y.split(self.micro_batch) if y is not None else [None] * self.accumulation
+        chunks = zip(x0.split(self.micro_batch), t.split(self.micro_batch), noise.split(self.micro_batch), ys,
+                     strict=True)
+        for micro, (x0_m, t_m, noise_m, y_m) in enumerate(chunks):
             sync = micro == self.accumulation - 1 or not self.dist.enabled
             with contextlib.nullcontext() if sync else self.net.no_sync(), autocast(self.device, self.amp_dtype):
-                loss, per_image, _ = diffusion_loss(self.net, self.schedule, x0_m, t=t_m, noise=noise_m)
+                loss, per_image, _ = diffusion_loss(self.net, self.schedule, x0_m, t=t_m, noise=noise_m, y=y_m)
             self.scaler.scale(loss / self.accumulation).backward()
             loss_total += loss.detach() / self.accumulation
             bucket = t_m * NUM_LOSS_BUCKETS // self.schedule.num_timesteps
@@ -216,6 +242,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "diffusion_config": config_to_dict(self.cfg),
             "model_config": config_to_dict(self.mcfg),
+            "class_names": self.class_names,
         }
 
     def _reseed_dropout(self, step: int) -> None:
