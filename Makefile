@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= runs/demo
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo test test-slow bench wheel-check clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,19 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_attention.py > docs/bench_attention_cpu.md
 	$(BIN)/python benchmarks/bench_levers.py --optimizer --size seed > docs/bench_optimizer_cpu.md
 	$(BIN)/python benchmarks/bench_levers.py --size cpu --out docs/bench_levers_cpu.md
+
+# A non-editable install, used from outside the source tree (~1-2 min: a new venv): build the wheel,
+# install it into a fresh venv, and run the core commands in an empty folder with an empty cache.
+wheel-check: $(VENV)/.installed
+	rm -rf /tmp/ddpm-wheel && mkdir -p /tmp/ddpm-wheel/run
+	$(BIN)/pip wheel -q --no-deps -w /tmp/ddpm-wheel .
+	$(PYTHON) -m venv /tmp/ddpm-wheel/venv
+	/tmp/ddpm-wheel/venv/bin/pip install -q --disable-pip-version-check -c constraints.txt /tmp/ddpm-wheel/ddpm-*.whl
+	cd /tmp/ddpm-wheel/run && export DDPM_CACHE=/tmp/ddpm-wheel/cache && \
+	  /tmp/ddpm-wheel/venv/bin/ddpm train --preset demo --out runs/demo --max-steps 3 --num-sample-images 4 && \
+	  /tmp/ddpm-wheel/venv/bin/ddpm sample --run runs/demo --num-images 8 --sampler dpmpp-2m --npz s.npz --out g.png && \
+	  /tmp/ddpm-wheel/venv/bin/ddpm eval s.npz && /tmp/ddpm-wheel/venv/bin/ddpm noise --out fwd.png && \
+	  /tmp/ddpm-wheel/venv/bin/ddpm export --run runs/demo --out m.safetensors
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--figure", help="quality against network calls, as a PNG")
     parser.add_argument("--grids", help="one figure of 36-image grids side by side for a few settings")
     parser.add_argument("--only", help="comma-separated sampler names to run (default: all)")
+    parser.add_argument("--include", help="rows measured earlier (this script's JSON lines, e.g. an interrupted "
+                        "run's output): kept, and not measured again")
     args = parser.parse_args()
 
     loaded = load_model(args.run)
@@ -63,10 +65,17 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     T = loaded.schedule.num_timesteps
     results, shown = [], {}
+    if args.include:
+        text = Path(args.include).read_text()
+        results = json.loads(text) if text.lstrip().startswith("[") else \
+            [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    done = {(r["sampler"], r["calls"], r["spacing"], r["seed"]) for r in results}
     for name, calls, spacing, all_seeds in configs(T):
         if args.only and name not in args.only.split(","):
             continue
         for seed in seeds if all_seeds else seeds[:1]:
+            if (name, calls, spacing, seed) in done:
+                continue
             t0 = time.perf_counter()
             x = sample_images(loaded.model, loaded.schedule, args.num_images, seed=seed, sampler=name, num_steps=calls,
                               spacing=spacing, clip_x0=loaded.diffusion_config.clip_x0, batch_size=250,
@@ -81,6 +90,12 @@ def main() -> None:
             key = (name, None if calls == T else calls)
             if seed == seeds[0] and spacing == SAMPLERS[name].default_spacing and key in SHOWN:
                 shown[key] = x[:36]
+    for name, calls in SHOWN if args.grids else ():  # grids of rows that came from --include
+        if (name, calls) not in shown:
+            shown[(name, calls)] = sample_images(
+                loaded.model, loaded.schedule, 36, seed=seeds[0], sampler=name, num_steps=calls or T,
+                clip_x0=loaded.diffusion_config.clip_x0, autocast_dtype=dtype,
+                **({"variance": loaded.diffusion_config.sample_variance} if name == "ddpm" else {}))
     real = digits_score(heldout_digits()[0], classifier, accuracy)
     text = table(results, real, loaded, args, dtype, accuracy)
     print(text)

@@ -20,7 +20,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 LABEL_SOURCES = ("none", "subfolders")
 # The sampler of `ddpm sample` and of the training grids when none is named (chosen by
 # benchmarks/sampler_table.py; docs/results.md has the table).
-DEFAULT_SAMPLER = "ddpm"
+DEFAULT_SAMPLER = "dpmpp-2m-sde"
 
 
 class ConfigError(ValueError):
@@ -159,7 +159,7 @@ class DiffusionConfig:
     num_sample_images: int = _f(64, "images in each fixed-seed sample grid; 0 = no grids")
     sampler: str = _f(DEFAULT_SAMPLER, "sampler of the training-time sample grids, by name (see `ddpm sample --help`)")
     sample_steps: int = _f(0, "network calls per image of that sampler; 0 = its default")
-    guidance_scale: float = _f(2.0, "classifier-free guidance of a class-conditional model's samples: 0 = unconditional, 1 = plain conditional, > 1 = guided")
+    guidance_scale: float = _f(1.0, "classifier-free guidance of a class-conditional model's samples: 0 = unconditional, 1 = plain conditional, > 1 = guided")
     sample_variance: str = _f("beta", "reverse-process variance: \"beta\" or \"beta_tilde\" (posterior)")
     clip_x0: bool = _f(True, "clip the predicted x_0 to [-1, 1] while sampling")
     num_workers: int = _f(0, "DataLoader worker processes for data over 2 GB (0 = load in the training process)")

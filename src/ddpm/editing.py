@@ -53,8 +53,8 @@ def inpaint(
     x_known: torch.Tensor,
     mask: torch.Tensor,
     generator: Generators = None,
-    jump_length: int = 10,
-    resample: int = 1,
+    jump_length: int = 5,
+    resample: int = 10,
     variance: str = "beta",
     clip_x0: bool = True,
     y: torch.Tensor | None = None,
@@ -65,8 +65,9 @@ def inpaint(
     Args:
         x_known: (B, C, H, W) images in [-1, 1].
         mask: (B or 1, 1 or C, H, W), 1 = fill, 0 = keep.
-        jump_length, resample: RePaint's J and U (see repaint_levels); U = 1 needs T network calls,
-            U > 1 about U times as many.
+        jump_length, resample: RePaint's J and U (see repaint_levels). The default U = 10, J = 5
+            kept the digit's label in 95% of band-erased digits against 84% for U = 1 (plain
+            replacement), at ~10x the T network calls (docs/edit_table.md).
         variance: the ancestral step's variance, "beta" or "beta_tilde".
     Returns:
         (B, C, H, W): x_known where mask = 0, exactly; the model's completion where mask = 1.

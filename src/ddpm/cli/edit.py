@@ -31,12 +31,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q = modes.add_parser("inpaint", help="fill the white part of a mask (RePaint)",
                          description="Fill the masked region (mask white = fill, black = keep); the kept pixels are "
                          "the input's exactly. RePaint: ancestral sampling over all T steps with the known pixels "
-                         "re-noised at every step; --resample U > 1 goes back --jump-length J steps U - 1 times.")
+                         "re-noised at every step; --resample U goes back --jump-length J steps U - 1 times (default U = 10, J = 5: "
+                         "95% of band-erased digits keep their label, against 84% with U = 1; docs/edit_table.md).")
     common(q, "the image to complete")
     q.add_argument("--mask", required=True, help="mask image of the input's size; white (>= 128) = fill")
     q.add_argument("--num-images", type=positive_int, default=8, help="completions to draw (default: 8)")
-    q.add_argument("--jump-length", type=positive_int, default=10, help="RePaint's J (default: 10)")
-    q.add_argument("--resample", type=positive_int, default=1, help="RePaint's U: 1 = no resampling (default: 1)")
+    q.add_argument("--jump-length", type=positive_int, default=5, help="RePaint's J (default: 5)")
+    q.add_argument("--resample", type=positive_int, default=10,
+                   help="RePaint's U (default: 10, which measured best on the digits; 1 = no resampling, ~10x faster)")
     q.add_argument("--npz", help="also save the completions as .npz (arr_0: uint8 N,H,W,C)")
 
     q = modes.add_parser("img2img", help="turn an image into a sample close to it (SDEdit)",
