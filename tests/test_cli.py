@@ -81,7 +81,7 @@ def test_few_step_samplers_from_the_command_line(tmp_path):
              "--out", str(tmp_path / "g2.png"))
     assert r.returncode == 0 and "with ddpm, 5 network calls" in r.stdout, r.stderr
     for bad, message in ((["--sampler", "dpmpp-2m", "--eta", "0.5"], "takes no ['eta']"),
-                         (["--sample-steps", "0"], "sample steps=0 must lie in 1 .. 40"),
+                         (["--sample-steps", "0"], "--sample-steps: 0 is out of range: it must be at least 1"),
                          (["--sample-steps", "41"], "sample steps=41 must lie in 1 .. 40")):
         r = ddpm("sample", "--run", str(run), "--num-images", "2", "--out", str(tmp_path / "x.png"), *bad)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)

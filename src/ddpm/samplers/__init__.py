@@ -60,10 +60,10 @@ def resolve_steps(name: str, schedule: NoiseSchedule, num_steps: int | None, spa
                   start: int | None = None) -> list[int]:
     """The timesteps sampler `name` visits for num_steps network calls (None = its default)."""
     spec = get_sampler(name)
-    top = schedule.num_timesteps if start is None else start + 1
-    steps = num_steps if num_steps is not None else (spec.default_steps or top)
-    return timestep_list(schedule, min(steps, top) if num_steps is None else steps,
-                         spacing or spec.default_spacing, start)
+    if num_steps is None:  # the sampler's default, but never more steps than there are
+        top = schedule.num_timesteps if start is None else start + 1
+        num_steps = min(spec.default_steps or top, top)
+    return timestep_list(schedule, num_steps, spacing or spec.default_spacing, start)
 
 
 def run_sampler(
