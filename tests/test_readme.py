@@ -3,7 +3,7 @@ as a newcomer would run it, in a fresh folder with an empty cache and HOME.
 
 Documented overrides keep it fast (README, "Testing the README"):
 - `ddpm train` gets `--max-steps 3 --num-sample-images 4` appended (the last flag wins);
-- `ddpm sample` gets `--num-images 16` appended;
+- `ddpm sample` gets `--num-images 16` appended, `ddpm edit inpaint` `--resample 1 --num-images 2`;
 - `runs/demo` is a demo-preset run trained for 2 steps, made once and copied in.
 Commands that need data this machine lacks (a folder under ~ or /data) must fail with the error
 the README documents, and so must commands on the run folder such a command would have made.
@@ -25,7 +25,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 RUNNERS = ("ddpm", "python")
-OVERRIDES = {"train": ["--max-steps", "3", "--num-sample-images", "4"], "sample": ["--num-images", "16"]}
+OVERRIDES = {"train": ["--max-steps", "3", "--num-sample-images", "4"], "sample": ["--num-images", "16"],
+             "inpaint": ["--resample", "1", "--num-images", "2"]}
 MISSING_DATA = "not found: no folder at"  # the README's documented error for a missing dataset folder
 MISSING_RUN = "No checkpoint in"  # ... and for a run folder without checkpoints
 
@@ -84,7 +85,7 @@ def test_readme_commands_run_as_documented(block, demo_run, tmp_path):
            "DDPM_DATA_ROOT": str(tmp_path / "data")}
     for argv in block:
         full = [sys.executable, "-m", "ddpm", *argv[1:]] if argv[0] == "ddpm" else [sys.executable, *argv[1:]]
-        full += OVERRIDES.get(argv[1], []) if argv[0] == "ddpm" else []
+        full += OVERRIDES.get(argv[2] if argv[1] == "edit" else argv[1], []) if argv[0] == "ddpm" else []
         failure = expected_failure(argv, work)
         r = subprocess.run(full, cwd=work, capture_output=True, text=True, timeout=600, env=env)
         shown = " ".join(argv)
