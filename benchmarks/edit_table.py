@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 
 from ddpm.editing import inpaint, repaint_levels
-from ddpm.generate import load_model
+from ddpm.generate import load_model, network
 from ddpm.metrics import heldout_digits, train_digits_classifier
-from ddpm.runtime import autocast, resolve_precision
+from ddpm.runtime import resolve_precision
 from ddpm.samplers import image_generators
 
 SETTINGS = ((1, 10), (5, 10), (10, 5))  # RePaint's (U, J)
@@ -59,11 +59,7 @@ def main() -> None:
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
     mask = band_mask(size)
     classifier, _ = train_digits_classifier()
-    dtype = resolve_precision("auto", torch.device("cpu"))
-
-    def net(xt, t):
-        with autocast(torch.device("cpu"), dtype):
-            return loaded.model(xt, t)
+    net = network(loaded.model, resolve_precision("auto", torch.device("cpu")))
 
     band = mask.bool().expand_as(x)
     rows = [f"Checkpoint `{loaded.path}` (step {loaded.step}), {len(x)} held-out digits, rows 5..10 of 16 erased, "

@@ -85,6 +85,18 @@ def rows_of_classes(num_images: int, classes: Sequence[int]) -> tuple[torch.Tens
     return torch.tensor([c for c in classes for _ in range(per_row)], dtype=torch.long), per_row
 
 
+def network(model: torch.nn.Module, autocast_dtype: torch.dtype | None = None, guidance_scale: float = 1.0):
+    """What the samplers call: eps(x, t[, y]) of model, under autocast, with classifier-free guidance."""
+    device = next(model.parameters()).device
+    eps = guided(model, guidance_scale)
+
+    def net(x: torch.Tensor, t: torch.Tensor, *label: torch.Tensor) -> torch.Tensor:
+        with autocast(device, autocast_dtype):
+            return eps(x, t, *label)
+
+    return net
+
+
 def guided(model: torch.nn.Module, guidance_scale: float):
     """eps(x, t, y) with classifier-free guidance (Ho & Salimans 2022): eps_u + w (eps_c - eps_u).
 
@@ -148,12 +160,7 @@ def sample_images(
 
     if y is not None and len(y) != num_images:
         raise ValueError(f"{len(y)} class labels for {num_images} images.")
-    eps = guided(model, guidance_scale)
-
-    def net(x: torch.Tensor, t: torch.Tensor, *label: torch.Tensor) -> torch.Tensor:
-        with autocast(device, autocast_dtype):
-            return eps(x, t, *label)
-
+    net = network(model, autocast_dtype, guidance_scale)
     was_training = model.training
     model.eval()
     out = []
@@ -272,11 +279,7 @@ def trajectory(
         if step.index in shown:
             frames.append((step.t + 1, step.x[0].cpu(), step.x0[0].cpu()))
 
-    dtype = resolve_precision(precision, device)
-
-    def net(x: torch.Tensor, t: torch.Tensor, *label: torch.Tensor) -> torch.Tensor:
-        with autocast(device, dtype):
-            return model(x, t, *label)
+    net = network(model, resolve_precision(precision, device))
 
     gens = image_generators(seed, [0], device)
     cfg = loaded.model_config

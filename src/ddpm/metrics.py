@@ -132,7 +132,8 @@ def reference_digits() -> torch.Tensor:
 def heldout_digits() -> tuple[torch.Tensor, torch.Tensor]:
     """The other 899 digits and their labels: real images that are not in the reference, to
     calibrate the metrics and to test editing on."""
-    return _halves()[1], _halves()[2]
+    _, images, labels = _halves()
+    return images, labels
 
 
 def train_digits_classifier(seed: int = 0, epochs: int = 30) -> tuple[DigitsClassifier, float]:

@@ -73,9 +73,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..edit_io import load_edit_inputs
     from ..editing import ddim_decode, ddim_invert, img2img, inpaint, interpolate
-    from ..generate import load_model
+    from ..generate import load_model, network
     from ..images import save_grid, save_npz
-    from ..runtime import autocast, resolve_device, resolve_precision
+    from ..runtime import resolve_device, resolve_precision
     from ..samplers import image_generators
 
     wanted = 2 if args.mode == "interpolate" else 1
@@ -87,11 +87,7 @@ def run(args: argparse.Namespace) -> int:
     images, mask = load_edit_inputs(args.image, getattr(args, "mask", None), cfg.image_size, cfg.image_channels,
                                     args.crop)
     images = images.to(device)
-    dtype = resolve_precision(args.precision, device)
-
-    def net(x: torch.Tensor, t: torch.Tensor, *label: torch.Tensor) -> torch.Tensor:
-        with autocast(device, dtype):
-            return loaded.model(x, t, *label)
+    net = network(loaded.model, resolve_precision(args.precision, device))
 
     clip = loaded.diffusion_config.clip_x0
     n = getattr(args, "num_images", 1)
