@@ -33,6 +33,11 @@ SIZES = {
     "cpu": dict(config=ModelConfig(lowest_resolution_size=8, dim_multiply=(1, 2, 2), transformer_layers=(1,),
                                    base_dim=32, image_channels=1, norm_groups=8, dropout=0.0,
                                    embedding_placement="after_conv1"), train_batch=32),
+    # A wider 32x32 RGB model (8.95M parameters): widths 64/128/128/128, attention at 16x16 and in
+    # the bottleneck, batch 16, the config of diffusers' own CIFAR-like examples.
+    "wide": dict(config=ModelConfig(lowest_resolution_size=4, dim_multiply=(1, 2, 2, 2), transformer_layers=(1,),
+                                    base_dim=64, image_channels=3, dropout=0.0, embedding_placement="after_conv1"),
+                 train_batch=16),
     # The seed's 128x128 model (61M parameters).
     "seed": dict(config=ModelConfig(lowest_resolution_size=8, dim_multiply=(1, 2, 2, 4, 8), transformer_layers=(3,),
                                     base_dim=64, image_channels=3, dropout=0.0, embedding_placement="after_conv1"),
@@ -97,10 +102,13 @@ def build(which: str, cfg: ModelConfig) -> torch.nn.Module:
     return (_Ours(cfg) if which == "ours" else _Theirs(cfg)).to(DEVICE)
 
 
+SAME_OPTIMIZER = False  # set by --same-optimizer: both sides take plain AdamW, so only the networks differ
+
+
 def optimizer_for(which: str, model: torch.nn.Module) -> torch.optim.Optimizer:
     """Each side's optimizer as it ships: ours as our trainer builds it (PyTorch's fused AdamW kernel),
     diffusers' as its examples/unconditional_image_generation/train_unconditional.py does (plain AdamW)."""
-    if which == "ours":
+    if which == "ours" and not SAME_OPTIMIZER:
         return adamw(model.parameters(), 1e-4, 0.0, DEVICE)
     return torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -179,7 +187,7 @@ def peak_memory_mb(which: str, size: str, bf16: bool) -> float:
             train_step_time(model, opt, spec["config"], spec["train_batch"], bf16)
         return torch.cuda.max_memory_allocated(DEVICE) / 2**20
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_unet as b; "
-            f"print(b._peak_memory_child({which!r}, {size!r}, {bf16!r}))")
+            f"b.SAME_OPTIMIZER = {SAME_OPTIMIZER!r}; print(b._peak_memory_child({which!r}, {size!r}, {bf16!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -233,11 +241,54 @@ def bench_size(size: str, repeats: int) -> dict:
     return result
 
 
+# Operator families of a training step, matched against aten operator names in this order.
+OP_FAMILIES = (("convolution", ("conv",)), ("matmul, attention", ("mm", "bmm", "addmm", "linear", "scaled_dot", "softmax")),
+               ("GroupNorm", ("group_norm",)), ("SiLU", ("silu",)), ("copies, casts", ("copy_", "_to_copy", "contiguous")),
+               ("concat, upsample", ("cat", "upsample")))
+
+
+def op_breakdown(which: str, cfg: ModelConfig, batch: int, bf16: bool, steps: int = 3) -> dict[str, float]:
+    """Milliseconds per training step by operator family (self time in torch.profiler), for one side."""
+    from torch.profiler import profile
+
+    model = build(which, cfg)
+    opt = optimizer_for(which, model)
+    train_step_time(model, opt, cfg, batch, bf16)
+    with profile() as prof:
+        for _ in range(steps):
+            train_step_time(model, opt, cfg, batch, bf16)
+    out = {name: 0.0 for name, _ in OP_FAMILIES} | {"other (elementwise, optimizer, ...)": 0.0}
+    for event in prof.key_averages():
+        if not event.key.startswith("aten::"):
+            continue
+        op = event.key[len("aten::"):]
+        family = next((name for name, keys in OP_FAMILIES if any(k in op for k in keys)), "other (elementwise, optimizer, ...)")
+        out[family] += event.self_device_time_total if DEVICE.type == "cuda" else event.self_cpu_time_total
+    return {k: v / 1000 / steps for k, v in out.items()}
+
+
+def breakdown_markdown(size: str, bf16: bool) -> str:
+    """Where a training step's time goes, ours and diffusers', by operator family."""
+    spec = SIZES[size]
+    parts = {w: op_breakdown(w, spec["config"], spec["train_batch"], bf16) for w in ("ours", "theirs")}
+    mode = "bf16" if bf16 else "fp32"
+    lines = [f"### {size} size, {mode}, batch {spec['train_batch']}: profiler self time per training step", "",
+             "| operator family | ours ms | diffusers ms | ours - diffusers ms |", "|---|---|---|---|"]
+    for k in parts["ours"]:
+        a, b = parts["ours"][k], parts["theirs"][k]
+        lines.append(f"| {k} | {a:.1f} | {b:.1f} | {a - b:+.1f} |")
+    a, b = sum(parts["ours"].values()), sum(parts["theirs"].values())
+    lines += [f"| total | {a:.1f} | {b:.1f} | {a - b:+.1f} |", ""]
+    return "\n".join(lines)
+
+
 def markdown(results: list[dict], peaks: dict, command: str) -> str:
     where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else (platform.processor() or platform.machine())
     lines = [f"Command: `{command}`  ", f"Machine: {where}, "
              f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; measured matmul peak "
-             f"fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s.", ""]
+             f"fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s. Optimizers: "
+             + ("plain AdamW on both sides." if SAME_OPTIMIZER else "each side's own (ours: fused AdamW; diffusers: "
+                "plain AdamW, as its train_unconditional.py)."), ""]
     for r in results:
         p, fl = r["params"], r["forward_gflops"]
         lines += [f"### {r['size']} size: {r['image_size']}x{r['image_size']}, training batch {r['train_batch']}, "
@@ -268,13 +319,18 @@ def markdown(results: list[dict], peaks: dict, command: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="cpu,seed", help="comma-separated: cpu, seed (default: both)")
+    parser.add_argument("--sizes", default="cpu,wide,seed", help="comma-separated: cpu, wide, seed (default: all)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default="docs/bench_unet_cpu.md")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU comparison")
     parser.add_argument("--train-batch", type=int, default=0, help="override both sizes' training batch (e.g. 64 on a GPU)")
+    parser.add_argument("--same-optimizer", action="store_true",
+                        help="plain AdamW on both sides (default: each side's own; ours is the fused kernel)")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of the timing table: each side's training step by operator family (torch.profiler)")
     args = parser.parse_args()
-    global DEVICE
+    global DEVICE, SAME_OPTIMIZER
+    SAME_OPTIMIZER = args.same_optimizer
     DEVICE = torch.device(args.device)
     if args.train_batch:
         for spec in SIZES.values():
@@ -284,6 +340,13 @@ def main() -> None:
     except ImportError:
         sys.exit("bench_unet.py needs diffusers: `.venv/bin/pip install -e '.[bench]'` (make bench does it).")
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    if args.profile:
+        text = "\n".join(breakdown_markdown(s, bf16) for s in args.sizes.split(",") for bf16 in (False, True))
+        print(text)
+        if args.out:
+            Path(args.out).write_text("# Where the training step's time goes: ours and diffusers' U-Net\n\n"
+                                      f"Command: `python benchmarks/bench_unet.py {' '.join(sys.argv[1:])}`\n\n" + text)
+        return
     results = [bench_size(s, args.repeats) for s in args.sizes.split(",")]
     text = markdown(results, peaks, "python benchmarks/bench_unet.py " + " ".join(sys.argv[1:]))
     print(text)

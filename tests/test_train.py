@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -17,7 +18,7 @@ from ddpm.checkpoint import (
 from ddpm.config import ConfigError
 from ddpm.data import DatasetNotFoundError
 from ddpm.run_dir import RunDir
-from ddpm.training import ema_decay_at, ema_update
+from ddpm.training import Trainer, ema_decay_at, ema_update
 from ddpm.unet import UNet
 
 
@@ -68,6 +69,53 @@ def test_ema_update_and_warmup_match_formula():
     assert ema_decay_at(1, cfg) == pytest.approx(2 / 11)
     assert ema_decay_at(10**7, cfg) == 0.9999
     assert ema_decay_at(1, DiffusionConfig(ema_decay=0.99, ema_warmup=False)) == 0.99
+
+
+def _optimizer_moments(trainer) -> list[torch.Tensor]:
+    return [v for p in trainer.model.parameters() for k, v in trainer.optimizer.state[p].items() if k != "step"]
+
+
+def test_device_side_clip_and_step_equal_clip_then_step(tmp_path):
+    """The fused kernel's in-kernel clipping (grad_scale) gives PyTorch's clip_grads_with_norm_ + step."""
+    cfg = tiny_diffusion_config(tmp_path, grad_clip=0.05, ema_decay=0.5, ema_warmup=False)
+    device_side, host_side = Trainer(cfg, tiny_model_config()), Trainer(cfg, tiny_model_config())
+    host_side._device_side_update = False
+    assert device_side._device_side_update  # the CPU has the fused kernel
+    for _ in range(3):
+        norm_a, norm_b = device_side.train_step()["grad_norm"], host_side.train_step()["grad_norm"]
+        assert float(norm_a) > 10 * cfg.grad_clip  # clipping is active
+        torch.testing.assert_close(norm_a, norm_b)
+    for a, b in zip(_optimizer_moments(device_side), _optimizer_moments(host_side), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9)  # exp_avg holds the clipped gradients
+    for a, b in zip(device_side.ema.parameters(), host_side.ema.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert device_side.step == host_side.step == 3
+
+
+@pytest.mark.parametrize("device_side", [True, False])
+def test_a_nonfinite_step_changes_nothing(tmp_path, monkeypatch, device_side):
+    import ddpm.training.trainer as trainer_module
+
+    trainer = Trainer(tiny_diffusion_config(tmp_path, ema_warmup=False, ema_decay=0.5), tiny_model_config())
+    trainer._device_side_update = device_side
+    trainer.train_step()
+    before = copy.deepcopy(trainer.state_dict())
+    real = trainer_module.diffusion_loss
+    monkeypatch.setattr(trainer_module, "diffusion_loss",
+                        lambda *a, **k: (lambda r: (r[0] * float("inf"), *r[1:]))(real(*a, **k)))
+    out = trainer.train_step()
+    assert not out["finite"] and not torch.isfinite(out["grad_norm"])
+    assert trainer.step == 1 and trainer.nonfinite_total == 1
+    after = trainer.state_dict()
+    for part in ("model", "ema"):
+        for k, v in before[part].items():
+            assert torch.equal(v, after[part][k]), f"{part}.{k}"
+    for i, state in before["optimizer"]["state"].items():
+        for k, v in state.items():
+            assert torch.equal(v, after["optimizer"]["state"][i][k]), f"optimizer.{i}.{k}"
+    assert before["lr_schedule"] == after["lr_schedule"]
+    monkeypatch.setattr(trainer_module, "diffusion_loss", real)
+    assert trainer.train_step()["finite"] and trainer.step == 2
 
 
 def test_missing_dataset_fails_before_any_work(tmp_path, monkeypatch):

@@ -212,7 +212,7 @@ def _train(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig, run_dir: R
                 step = trainer.step
                 if step % max(cfg.log_every_steps, 1) == 0 or step == cfg.max_steps:
                     row = window.flush(cfg.batch_size)
-                    row.update(lr=trainer.lr_schedule.get_last_lr()[0], grad_norm=out["grad_norm"],
+                    row.update(lr=trainer.lr_schedule.get_last_lr()[0], grad_norm=float(out["grad_norm"]),
                                ema_decay=out["ema_decay"], nonfinite_steps=trainer.nonfinite_total)
                     row["peak_memory_gb"] = _peak_memory_gb(trainer.device)
                     if main:

@@ -39,11 +39,16 @@ NUM_LOSS_BUCKETS = 4  # the loss is also logged by quarter of the timestep range
 
 
 @torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, in the EMA's float32."""
+def ema_update(ema: nn.Module, model: nn.Module, decay: float, apply: torch.Tensor | None = None) -> None:
+    """ema <- decay * ema + (1 - decay) * model, in the EMA's float32, as one foreach lerp.
+
+    apply: an optional 0-d bool tensor on the device; where it is False the EMA is left exactly as
+    it was (a lerp by 0), so a skipped step needs no host read to skip the EMA too.
+    """
     ema_params = list(ema.parameters())
     model_params = [p.detach().to(e.dtype) for e, p in zip(ema_params, model.parameters(), strict=True)]
-    torch._foreach_lerp_(ema_params, model_params, 1.0 - decay)
+    weight = 1.0 - decay if apply is None else apply.to(ema_params[0].dtype) * (1.0 - decay)
+    torch._foreach_lerp_(ema_params, model_params, weight)
 
 
 def adamw(params, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
@@ -106,7 +111,11 @@ class Trainer:
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = copy.deepcopy(self.model).float().eval().requires_grad_(False)
-        self.optimizer = adamw(self.model.parameters(), cfg.learning_rate, cfg.weight_decay, self.device)
+        self._params = list(self.model.parameters())
+        self.optimizer = adamw(self._params, cfg.learning_rate, cfg.weight_decay, self.device)
+        # The fused kernel takes the clip factor and the skip flag as device tensors (_update).
+        self._device_side_update = bool(self.optimizer.defaults.get("fused")) and not self.scaler.is_enabled()
+        self._last_decay = float("nan")
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
         net: nn.Module = self.model
@@ -171,7 +180,8 @@ class Trainer:
     # One step ------------------------------------------------------------------------------------
 
     def train_step(self) -> dict[str, torch.Tensor | float | bool]:
-        """One optimiser step. Returns device tensors (no host sync) plus grad_norm and finite."""
+        """One optimiser step. Returns the loss statistics and grad_norm as device tensors (read
+        them at log steps only), ema_decay, and finite (whether the step was taken)."""
         cfg = self.cfg
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -203,25 +213,55 @@ class Trainer:
             bucket_sum.index_add_(0, bucket, per_image.detach())
             bucket_count.index_add_(0, bucket, torch.ones_like(per_image))
 
-        self.scaler.unscale_(self.optimizer)
-        clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-        grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), clip))  # the step's one host sync
-        finite = math.isfinite(grad_norm)
-        if finite or self.scaler.is_enabled():
-            self.scaler.step(self.optimizer)  # with fp16 the scaler itself skips non-finite steps
-            self.scaler.update()
-        if finite:
+        grad_norm, finite = self._update()
+        return {"loss": loss_total, "bucket_sum": bucket_sum, "bucket_count": bucket_count,
+                "grad_norm": grad_norm, "ema_decay": self._last_decay, "finite": finite}
+
+    def _update(self) -> tuple[torch.Tensor, bool]:
+        """Clip, AdamW and EMA for the accumulated gradients, unless they are non-finite (then the
+        step is skipped and not counted). Returns (gradient norm before clipping, as a device
+        tensor; whether the step was taken).
+
+        With the fused AdamW kernel (CPU, CUDA) the whole update is decided on the device: the kernel
+        divides the gradients by max(1, norm / grad_clip) as it reads them (clipping without a pass
+        of its own) and skips the update where found_inf is set, and the EMA's lerp weight is zeroed
+        likewise. The step's one host read, whether it was finite, comes after all of its work is
+        queued, so a GPU never idles waiting for it mid-step.
+        """
+        cfg = self.cfg
+        self.scaler.unscale_(self.optimizer)  # fp16: divide out the loss scale first
+        grad_norm = nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None])
+        finite = torch.isfinite(grad_norm)
+        decay = ema_decay_at(self.step + 1, cfg)
+        if self._device_side_update:
+            opt = self.optimizer
+            opt.grad_scale = (grad_norm / cfg.grad_clip).clamp(min=1.0) if cfg.grad_clip > 0 else None
+            opt.found_inf = (~finite).float()
+            try:
+                opt.step()
+            finally:
+                del opt.grad_scale, opt.found_inf
+            ema_update(self.ema, self.model, decay, apply=finite)
+            took = bool(finite)  # the one host read
+        else:  # fp16 (the GradScaler owns found_inf) and devices without the fused kernel
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grads_with_norm_(self._params, cfg.grad_clip, grad_norm)
+            took = bool(finite)
+            if took or self.scaler.is_enabled():
+                self.scaler.step(self.optimizer)  # with fp16 the scaler itself skips non-finite steps
+                self.scaler.update()
+            if took:
+                ema_update(self.ema, self.model, decay)
+        if took:
             self.lr_schedule.step()
             self.step += 1
-            decay = ema_decay_at(self.step, cfg)
-            ema_update(self.ema, self.model, decay)
             self.nonfinite_in_a_row = 0
+            self._last_decay = decay
         else:
-            decay = float("nan")
             self.nonfinite_in_a_row += 1
             self.nonfinite_total += 1
-        return {"loss": loss_total, "bucket_sum": bucket_sum, "bucket_count": bucket_count,
-                "grad_norm": grad_norm, "ema_decay": decay, "finite": finite}
+            self._last_decay = float("nan")
+        return grad_norm, took
 
     # Checkpoint state ----------------------------------------------------------------------------
 
