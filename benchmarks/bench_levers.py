@@ -17,16 +17,20 @@ import argparse
 import json
 import statistics
 import time
+import types
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from bench_unet import SIZES, synced_time, train_step
+from torch import nn
 
 from ddpm.training.trainer import adamw
 from ddpm.unet import UNet
 
 # A variant is a precision and any of the levers, joined by " + " (e.g. "bf16 + channels_last").
-LEVERS = ("tf32", "channels_last", "cudnn_benchmark", "compile", "compile_reduce_overhead")
+LEVERS = ("tf32", "channels_last", "cudnn_benchmark", "compile", "compile_reduce_overhead", "bf16_groupnorm",
+          "cuda_graph")
 VARIANTS = ("fp32", "fp32 + tf32", "bf16", "bf16 + channels_last", "bf16 + cudnn_benchmark",
             "bf16 + compile", "bf16 + compile_reduce_overhead")
 
@@ -37,6 +41,49 @@ def parse_variant(name: str) -> tuple[torch.dtype | None, set[str]]:
     if precision not in ("fp32", "bf16") or not set(levers) <= set(LEVERS):
         raise SystemExit(f"variant {name!r}: start with fp32 or bf16, then any of {', '.join(LEVERS)} joined by ' + '.")
     return (torch.bfloat16 if precision == "bf16" else None), set(levers)
+
+
+def _group_norm_in_input_dtype(self: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """GroupNorm that keeps a bf16 input in bf16 under autocast (statistics still accumulate in
+    float32 inside the kernel). CUDA autocast otherwise runs group_norm in float32, so every norm
+    reads bf16, writes float32, and the SiLU after it runs on float32 maps."""
+    if x.dtype != torch.bfloat16:
+        return nn.GroupNorm.forward(self, x)
+    with torch.autocast(x.device.type, enabled=False):
+        return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+
+
+class GraphedStep:
+    """The whole training step (forward, loss, backward, fused AdamW) captured once as a CUDA graph,
+    then replayed: one launch instead of ~2,600. Static shapes; x, t and noise are fixed buffers
+    (a trainer would copy each batch into them). The recipe of PyTorch's CUDA-graphs notes: warm up
+    on a side stream, set the gradients to None, capture; autocast without its weight-cast cache."""
+
+    def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, t: torch.Tensor,
+                 noise: torch.Tensor, dtype: torch.dtype | None) -> None:
+        def body() -> torch.Tensor:
+            with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None, cache_enabled=False):
+                out = model(x, t)
+            loss = F.mse_loss(out.float(), noise)
+            loss.backward()
+            opt.step()
+            return loss.detach()
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                opt.zero_grad(set_to_none=True)
+                body()
+        torch.cuda.current_stream().wait_stream(side)
+        opt.zero_grad(set_to_none=True)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.loss = body()
+
+    def __call__(self) -> torch.Tensor:
+        self.graph.replay()
+        return self.loss
 
 
 class Step:
@@ -55,18 +102,34 @@ class Step:
         if "compile" in levers or "compile_reduce_overhead" in levers:
             mode = "reduce-overhead" if "compile_reduce_overhead" in levers else "default"
             self.net = torch.compile(self.model, mode=mode)
-        self.opt = adamw(self.model.parameters(), 1e-4, 0.0, device)
+        if "bf16_groupnorm" in levers:
+            for m in self.model.modules():
+                if isinstance(m, nn.GroupNorm):
+                    m.forward = types.MethodType(_group_norm_in_input_dtype, m)
+        if "cuda_graph" in levers:  # the step counter must live on the GPU to be captured
+            self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.0, fused=True, capturable=True)
+        else:
+            self.opt = adamw(self.model.parameters(), 1e-4, 0.0, device)
         shape = (batch, cfg.image_channels, cfg.image_size, cfg.image_size)
         self.x = torch.randn(shape, device=device).contiguous(memory_format=fmt)
         self.noise = torch.randn(shape, device=device)
         self.t = torch.randint(0, 1000, (batch,), device=device)
+        self.graphed = GraphedStep(self.net, self.opt, self.x, self.t, self.noise, self.dtype) if "cuda_graph" in levers else None
+        self.steps = 3 if self.graphed else 0
+        self.first_loss: float | None = None
 
     def __call__(self) -> float:
         torch.backends.cuda.matmul.allow_tf32 = self.tf32
         torch.backends.cudnn.allow_tf32 = self.tf32
         torch.backends.cudnn.benchmark = self.cudnn_benchmark
         t0 = synced_time(self.device)
-        train_step(self.net, self.opt, self.x, self.t, self.noise, self.dtype)
+        if self.graphed is not None:
+            self.loss = self.graphed()
+        else:
+            self.loss = train_step(self.net, self.opt, self.x, self.t, self.noise, self.dtype)
+        self.steps += 1
+        if self.first_loss is None:
+            self.first_loss = float(self.loss)
         self.host_s = time.perf_counter() - t0  # the CPU's time to queue the step; near the total = launch-bound
         return synced_time(self.device) - t0
 
@@ -114,11 +177,17 @@ def main() -> None:
         n for n in VARIANTS
         if (args.compile or "compile" not in n) and (device.type == "cuda" or not parse_variant(n)[1] & {"tf32", "cudnn_benchmark"})]
     steps, compile_s, host = {}, {}, {}
-    for name in names:
+    for name in list(names):
         t0 = time.perf_counter()
-        steps[name] = Step(name, args.size, batch, device)
-        for _ in range(3):  # warm-up; compiled variants compile here (and record CUDA graphs)
-            steps[name]()
+        try:
+            steps[name] = Step(name, args.size, batch, device)
+            for _ in range(3):  # warm-up; compiled variants compile here (and record CUDA graphs)
+                steps[name]()
+        except Exception as err:  # one lever that fails on this machine must not cost the others' numbers
+            print(f"{name}: FAILED ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})", flush=True)
+            names.remove(name)
+            steps.pop(name, None)
+            continue
         compile_s[name] = time.perf_counter() - t0
         print(f"{name}: ready in {compile_s[name]:.1f} s", flush=True)
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -134,13 +203,16 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     lines = [f"Our U-Net, {args.size} size ({SIZES[args.size]['config'].image_size}px), training batch {batch}, "
              f"{where}, torch {torch.__version__}, median of {args.repeats}.", "",
-             "| variant | images/s | vs fp32 | vs bf16 | step ms | of which the CPU queues, ms | warm-up, s |",
-             "|---|---|---|---|---|---|---|"]
+             "| variant | images/s | vs fp32 | vs bf16 | step ms | of which the CPU queues, ms | warm-up, s | "
+             "loss, first -> last timed step (steps) |", "|---|---|---|---|---|---|---|---|"]
     for n in names:
         vs_base = f"{ips[n] / base:.2f}x" if base else "-"
         vs_bf16 = f"{ips[n] / bf16:.2f}x" if bf16 else "-"
         lines.append(f"| {n} | {ips[n]:.1f} | {vs_base} | {vs_bf16} | {1000 * batch / ips[n]:.1f} | {host[n]:.1f} | "
-                     f"{compile_s[n]:.1f} |")
+                     f"{compile_s[n]:.1f} | {steps[n].first_loss:.6f} -> {float(steps[n].loss):.6f} ({steps[n].steps}) |")
+    lines += ["", "Every variant starts from the same weights and trains on the same fixed batch, so the last "
+              "column should fall alike in every row: a lever that broke the update (a graph replay that does not "
+              "step, say) would show no fall."]
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -143,15 +143,16 @@ def _autocast(bf16: bool):
 
 
 def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, t: torch.Tensor,
-               noise: torch.Tensor, dtype: torch.dtype | None) -> None:
+               noise: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     """One training step as the benchmarks time it: forward (autocast to dtype, or fp32 for None),
-    MSE against the noise, backward, optimizer step."""
+    MSE against the noise, backward, optimizer step. Returns the loss (a device tensor)."""
     with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         out = model(x, t)
     loss = F.mse_loss(out.float(), noise)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
+    return loss.detach()
 
 
 def train_step_time(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: ModelConfig, batch: int, bf16: bool) -> float:

@@ -11,24 +11,30 @@
 #   bench    bench_unet.py at 32x32 and 128x128, batch 64: ours vs diffusers, fp32 and bf16  (~40 s)
 #   levers   bench_levers.py at 128x128: precisions, channels_last, cudnn.benchmark; bf16 at
 #            batch 16 and 256 (is the step bound by the CPU launching kernels?); AdamW kernels (~70 s)
-#   compile  torch.compile (default, and reduce-overhead = CUDA graphs) at 32x32 and 128x128,
-#            ~90 s of compilation per variant at 128x128                                (~300 s)
+#   graph    the seed model's whole step captured as one CUDA graph, and GroupNorm kept in bf16 under
+#            autocast, against plain bf16, at batch 16 and 64 (issue 14, items 2 and 5)        (~60 s)
+#   steploop bench_loop.py: the training loop against the bare step at the seed size, batch 16
+#            and 64 (the device-side clip / skip / EMA of the trainer)                      (~90 s)
+#   compile  torch.compile (default, and reduce-overhead = CUDA graphs) at the seed size, batch 16
+#            and 64, with a fresh inductor cache; then batch 16 again in a new process with the
+#            cache kept (the compile time a resumed run pays)                              (~400 s)
 #   loop     the real training loop at the seed size on a synthetic 128x128 folder        (~40 s)
 #   demo     the digits demo (1,000 steps) on the GPU, then DDIM-50 sampling of 64 images  (~70 s)
-# The first H200 run of this script (2026-11-28) is in docs/benchmarks_h200.md.
+# The first H200 run of this script (2026-11-28) is in docs/benchmarks_h200.md. For issue 14 run
+#   OUT=... bash benchmarks/gpu_check.sh tests graph steploop compile   (about 11 minutes)
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src:$PWD/benchmarks:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 DDPM_CACHE=/tmp/ddpm-cache
 PY=${PYTHON:-python3}
 T=${GPU_CHECK_TIMEOUT_SCALE:-1}  # multiply every part's time limit
-PARTS=${*:-tests bench levers compile loop demo}
+PARTS=${*:-tests graph steploop compile bench levers loop demo}
 step() { echo; echo "=== $1 ($(date +%T))"; }
 lim() { echo $(( $1 * T )); }
 levers() { timeout "$(lim "$1")" $PY benchmarks/bench_levers.py --device cuda "${@:2}"; }
 
 part_tests() {
-    timeout "$(lim 180)" $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py
+    timeout "$(lim 180)" $PY -m pytest -q -m gpu -p no:cacheprovider tests/
 }
 
 part_bench() {
@@ -38,18 +44,37 @@ part_bench() {
 
 part_levers() {
     levers 90 --size seed --batch 64 --repeats 8 --out "$OUT/levers_seed_b64.md" \
-        --variants "fp32,fp32 + tf32,bf16,bf16 + channels_last,bf16 + cudnn_benchmark"
+        --variants "fp32,fp32 + tf32,bf16,bf16 + channels_last,bf16 + cudnn_benchmark,bf16 + bf16_groupnorm"
     for b in 16 256; do
         levers 45 --size seed --batch "$b" --repeats 5 --variants "bf16" --out "$OUT/levers_seed_b$b.md"
     done
     levers 45 --size seed --optimizer --repeats 10 | tee "$OUT/optimizer_seed.md"  # default vs foreach vs fused AdamW
 }
 
+part_graph() {
+    for b in 16 64; do
+        levers 60 --size seed --batch "$b" --repeats 10 --out "$OUT/graph_seed_b$b.md" \
+            --variants "bf16,bf16 + bf16_groupnorm,bf16 + cuda_graph,bf16 + bf16_groupnorm + cuda_graph"
+    done
+}
+
+part_steploop() {
+    for b in 16 64; do
+        timeout "$(lim 60)" $PY benchmarks/bench_loop.py --device cuda --preset seed --batch-size "$b" --steps 100 \
+            --out "$OUT/loop_seed_b$b.md" 2>"$OUT/loop_seed_b$b.err"
+    done
+}
+
 part_compile() {
-    levers 120 --size cpu --batch 64 --repeats 20 --out "$OUT/compile_small_b64.md" \
-        --variants "bf16,bf16 + compile,bf16 + compile_reduce_overhead"
-    levers 240 --size seed --batch 64 --repeats 8 --out "$OUT/compile_seed_b64.md" \
-        --variants "bf16,bf16 + compile,bf16 + compile_reduce_overhead"
+    export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-cache
+    rm -rf "$TORCHINDUCTOR_CACHE_DIR"
+    for b in 16 64; do
+        levers 200 --size seed --batch "$b" --repeats 10 --out "$OUT/compile_seed_b$b.md" \
+            --variants "bf16,bf16 + compile,bf16 + compile_reduce_overhead"
+    done
+    echo "--- batch 16 again, new process, inductor cache kept ($(du -sh "$TORCHINDUCTOR_CACHE_DIR" | cut -f1)):"
+    levers 120 --size seed --batch 16 --repeats 10 --out "$OUT/compile_seed_b16_warm.md" \
+        --variants "bf16 + compile,bf16 + compile_reduce_overhead"
 }
 
 part_loop() {
@@ -83,7 +108,7 @@ part_demo() {
 }
 
 for part in $PARTS; do
-    declare -F "part_$part" >/dev/null || { echo "gpu_check.sh: no part '$part'; parts: tests bench levers compile loop demo"; exit 2; }
+    declare -F "part_$part" >/dev/null || { echo "gpu_check.sh: no part '$part'; parts: tests graph steploop compile bench levers loop demo"; exit 2; }
 done
 {
 step environment

@@ -75,12 +75,18 @@ def _optimizer_moments(trainer) -> list[torch.Tensor]:
     return [v for p in trainer.model.parameters() for k, v in trainer.optimizer.state[p].items() if k != "step"]
 
 
-def test_device_side_clip_and_step_equal_clip_then_step(tmp_path):
+# The update runs on the device, so it is checked on every device there is (`pytest -m gpu` on a GPU).
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                                   reason="needs a CUDA device")])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_side_clip_and_step_equal_clip_then_step(tmp_path, device):
     """The fused kernel's in-kernel clipping (grad_scale) gives PyTorch's clip_grads_with_norm_ + step."""
-    cfg = tiny_diffusion_config(tmp_path, grad_clip=0.05, ema_decay=0.5, ema_warmup=False)
+    cfg = tiny_diffusion_config(tmp_path, grad_clip=0.05, ema_decay=0.5, ema_warmup=False, device=device)
     device_side, host_side = Trainer(cfg, tiny_model_config()), Trainer(cfg, tiny_model_config())
     host_side._device_side_update = False
-    assert device_side._device_side_update  # the CPU has the fused kernel
+    assert device_side._device_side_update  # CPUs and GPUs have the fused kernel
     for _ in range(3):
         norm_a, norm_b = device_side.train_step()["grad_norm"], host_side.train_step()["grad_norm"]
         assert float(norm_a) > 10 * cfg.grad_clip  # clipping is active
@@ -92,11 +98,13 @@ def test_device_side_clip_and_step_equal_clip_then_step(tmp_path):
     assert device_side.step == host_side.step == 3
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("device_side", [True, False])
-def test_a_nonfinite_step_changes_nothing(tmp_path, monkeypatch, device_side):
+def test_a_nonfinite_step_changes_nothing(tmp_path, monkeypatch, device_side, device):
     import ddpm.training.trainer as trainer_module
 
-    trainer = Trainer(tiny_diffusion_config(tmp_path, ema_warmup=False, ema_decay=0.5), tiny_model_config())
+    cfg = tiny_diffusion_config(tmp_path, ema_warmup=False, ema_decay=0.5, device=device)
+    trainer = Trainer(cfg, tiny_model_config())
     trainer._device_side_update = device_side
     trainer.train_step()
     before = copy.deepcopy(trainer.state_dict())
