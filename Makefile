@@ -23,10 +23,13 @@ test: $(VENV)/.installed
 test-slow: $(VENV)/.installed
 	$(BIN)/pytest -q -m slow
 
-# The CPU benchmark suite (~10 min, run it alone on the machine): tables land in docs/bench_*_cpu.md.
+# The CPU benchmark suite (~25 min, run it alone on the machine): tables land in docs/bench_*_cpu.md.
 bench: $(VENV)/.installed
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python benchmarks/bench_unet.py --out docs/bench_unet_cpu.md
+	$(BIN)/python benchmarks/bench_unet.py --sizes wide --same-optimizer --out docs/bench_unet_same_optimizer_cpu.md
+	$(BIN)/python benchmarks/bench_unet.py --sizes wide --same-optimizer --profile --out docs/bench_unet_profile_cpu.md
+	$(BIN)/python benchmarks/bench_loop.py --out docs/bench_loop_cpu.md 2>/dev/null
 	$(BIN)/python benchmarks/bench_sampling.py > docs/bench_sampling_cpu.md
 	$(BIN)/python benchmarks/bench_attention.py > docs/bench_attention_cpu.md
 	$(BIN)/python benchmarks/bench_levers.py --optimizer --size seed > docs/bench_optimizer_cpu.md

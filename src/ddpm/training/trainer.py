@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from typing import Any
 
 import torch
@@ -115,7 +114,6 @@ class Trainer:
         self.optimizer = adamw(self._params, cfg.learning_rate, cfg.weight_decay, self.device)
         # The fused kernel takes the clip factor and the skip flag as device tensors (_update).
         self._device_side_update = bool(self.optimizer.defaults.get("fused")) and not self.scaler.is_enabled()
-        self._last_decay = float("nan")
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
         net: nn.Module = self.model
@@ -213,14 +211,14 @@ class Trainer:
             bucket_sum.index_add_(0, bucket, per_image.detach())
             bucket_count.index_add_(0, bucket, torch.ones_like(per_image))
 
-        grad_norm, finite = self._update()
+        grad_norm, finite, decay = self._update()
         return {"loss": loss_total, "bucket_sum": bucket_sum, "bucket_count": bucket_count,
-                "grad_norm": grad_norm, "ema_decay": self._last_decay, "finite": finite}
+                "grad_norm": grad_norm, "ema_decay": decay, "finite": finite}
 
-    def _update(self) -> tuple[torch.Tensor, bool]:
+    def _update(self) -> tuple[torch.Tensor, bool, float]:
         """Clip, AdamW and EMA for the accumulated gradients, unless they are non-finite (then the
-        step is skipped and not counted). Returns (gradient norm before clipping, as a device
-        tensor; whether the step was taken).
+        step is skipped and not counted). Returns the gradient norm before clipping (a device
+        tensor), whether the step was taken, and the EMA decay used (NaN if skipped).
 
         With the fused AdamW kernel (CPU, CUDA) the whole update is decided on the device: the kernel
         divides the gradients by max(1, norm / grad_clip) as it reads them (clipping without a pass
@@ -256,12 +254,10 @@ class Trainer:
             self.lr_schedule.step()
             self.step += 1
             self.nonfinite_in_a_row = 0
-            self._last_decay = decay
-        else:
-            self.nonfinite_in_a_row += 1
-            self.nonfinite_total += 1
-            self._last_decay = float("nan")
-        return grad_norm, took
+            return grad_norm, True, decay
+        self.nonfinite_in_a_row += 1
+        self.nonfinite_total += 1
+        return grad_norm, False, float("nan")
 
     # Checkpoint state ----------------------------------------------------------------------------
 
