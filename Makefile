@@ -30,6 +30,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_unet.py --sizes wide --same-optimizer --out docs/bench_unet_same_optimizer_cpu.md
 	$(BIN)/python benchmarks/bench_unet.py --sizes wide --same-optimizer --profile --out docs/bench_unet_profile_cpu.md
 	$(BIN)/python benchmarks/bench_loop.py --out docs/bench_loop_cpu.md 2>/dev/null
+	$(BIN)/python benchmarks/bench_loop.py --preset wide --steps 150 --out docs/bench_loop_wide_cpu.md 2>/dev/null
 	$(BIN)/python benchmarks/bench_sampling.py > docs/bench_sampling_cpu.md
 	$(BIN)/python benchmarks/bench_attention.py > docs/bench_attention_cpu.md
 	$(BIN)/python benchmarks/bench_levers.py --optimizer --size seed > docs/bench_optimizer_cpu.md
