@@ -156,6 +156,45 @@ def optimizer_table(size: str, device: torch.device, repeats: int) -> None:
         print(f"| {k} | {v:.1f} | {ms['default'] / v:.2f}x |")
 
 
+# Operators that only make a new view of a tensor: dispatched (host time) but no kernel on a GPU.
+VIEW_OPS = {"detach", "t", "view", "expand", "transpose", "unsqueeze", "squeeze", "_unsafe_view", "slice", "permute",
+            "as_strided", "alias", "select", "reshape", "split", "split_with_sizes", "unbind", "_reshape_alias"}
+
+
+def op_count_table(size: str, device: torch.device, bf16: bool = True) -> None:
+    """The aten operators one training step dispatches (batch 1), counted: what a GPU has to launch."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: Counter[str] = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    cfg = SIZES[size]["config"]
+    torch.manual_seed(0)
+    model = UNet(cfg).to(device)
+    opt = adamw(model.parameters(), 1e-4, 0.0, device)
+    x = torch.randn(1, cfg.image_channels, cfg.image_size, cfg.image_size, device=device)
+    noise, t = torch.randn_like(x), torch.tensor([5], device=device)
+    dtype = torch.bfloat16 if bf16 else None
+    train_step(model, opt, x, t, noise, dtype)  # the optimizer's state exists from here on
+    with Count() as counter:
+        train_step(model, opt, x, t, noise, dtype)
+    kernels = {k: v for k, v in counter.ops.items() if k not in VIEW_OPS}
+    print(f"One training step of the {size} size ({'bf16 autocast' if bf16 else 'fp32'}, {device}): "
+          f"{sum(counter.ops.values())} aten operators dispatched, {sum(kernels.values())} of them compute "
+          f"(the rest make views); {len(list(model.parameters()))} parameter tensors.\n")
+    print("| operator | calls |\n|---|---|")
+    for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])[:15]:
+        print(f"| {k} | {v} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="cpu", choices=sorted(SIZES))
@@ -167,11 +206,15 @@ def main() -> None:
                         f"(default: {', '.join(VARIANTS)}; levers: {', '.join(LEVERS)})")
     parser.add_argument("--optimizer", action="store_true",
                         help="instead: time one AdamW step on the size's parameters, default vs foreach vs fused")
+    parser.add_argument("--ops", action="store_true",
+                        help="instead: count the operators one bf16 training step dispatches (what a GPU launches)")
     parser.add_argument("--out", help="also write the table (markdown) and the raw medians (.json beside it)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.optimizer:
         return optimizer_table(args.size, device, args.repeats)
+    if args.ops:
+        return op_count_table(args.size, device)
     batch = args.batch or SIZES[args.size]["train_batch"]
     names = args.variants.split(",") if args.variants else [
         n for n in VARIANTS
