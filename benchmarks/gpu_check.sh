@@ -16,12 +16,12 @@
 #   steploop bench_loop.py: the training loop against the bare step at the seed size, batch 16
 #            and 64 (the device-side clip / skip / EMA of the trainer)                      (~90 s)
 #   compile  torch.compile (default, and reduce-overhead = CUDA graphs) at the seed size, batch 16
-#            and 64, with a fresh inductor cache; then batch 16 again in a new process with the
-#            cache kept (the compile time a resumed run pays)                              (~400 s)
+#            and 64, one mode per call, with a fresh inductor cache; then batch 16 again in a new
+#            process with the cache kept (the compile time a resumed run pays)      (~400-700 s)
 #   loop     the real training loop at the seed size on a synthetic 128x128 folder        (~40 s)
 #   demo     the digits demo (1,000 steps) on the GPU, then DDIM-50 sampling of 64 images  (~70 s)
-# The first H200 run of this script (2026-11-28) is in docs/benchmarks_h200.md. For issue 14 run
-#   OUT=... bash benchmarks/gpu_check.sh tests graph steploop compile   (about 11 minutes)
+# The first H200 run of this script (2026-11-28) is in docs/benchmarks_h200.md. For issue 14, two
+# calls (one command may run 10 minutes): `tests graph steploop` (~5 min), then `compile`.
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
@@ -66,11 +66,13 @@ part_steploop() {
 }
 
 part_compile() {
+    # One compile mode per call, so a compilation that outlasts its limit costs only its own row.
     export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-cache
     rm -rf "$TORCHINDUCTOR_CACHE_DIR"
     for b in 16 64; do
-        levers 200 --size seed --batch "$b" --repeats 10 --out "$OUT/compile_seed_b$b.md" \
-            --variants "bf16,bf16 + compile,bf16 + compile_reduce_overhead"
+        for mode in compile compile_reduce_overhead; do
+            levers 150 --size seed --batch "$b" --repeats 10 --out "$OUT/${mode}_seed_b$b.md" --variants "bf16,bf16 + $mode"
+        done
     done
     echo "--- batch 16 again, new process, inductor cache kept ($(du -sh "$TORCHINDUCTOR_CACHE_DIR" | cut -f1)):"
     levers 120 --size seed --batch 16 --repeats 10 --out "$OUT/compile_seed_b16_warm.md" \
