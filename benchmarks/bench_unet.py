@@ -34,7 +34,7 @@ SIZES = {
                                    base_dim=32, image_channels=1, norm_groups=8, dropout=0.0,
                                    embedding_placement="after_conv1"), train_batch=32),
     # A wider 32x32 RGB model (8.95M parameters): widths 64/128/128/128, attention at 16x16 and in
-    # the bottleneck, batch 16, the config of diffusers' own CIFAR-like examples.
+    # the bottleneck, batch 16: the configuration issue 14 compared with diffusers.
     "wide": dict(config=ModelConfig(lowest_resolution_size=4, dim_multiply=(1, 2, 2, 2), transformer_layers=(1,),
                                     base_dim=64, image_channels=3, dropout=0.0, embedding_placement="after_conv1"),
                  train_batch=16),

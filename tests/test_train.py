@@ -109,8 +109,12 @@ def test_a_nonfinite_step_changes_nothing(tmp_path, monkeypatch, device_side, de
     trainer.train_step()
     before = copy.deepcopy(trainer.state_dict())
     real = trainer_module.diffusion_loss
-    monkeypatch.setattr(trainer_module, "diffusion_loss",
-                        lambda *a, **k: (lambda r: (r[0] * float("inf"), *r[1:]))(real(*a, **k)))
+
+    def infinite_loss(*args, **kwargs):
+        loss, per_image, t = real(*args, **kwargs)
+        return loss * float("inf"), per_image, t
+
+    monkeypatch.setattr(trainer_module, "diffusion_loss", infinite_loss)
     out = trainer.train_step()
     assert not out["finite"] and not torch.isfinite(out["grad_norm"])
     assert trainer.step == 1 and trainer.nonfinite_total == 1
