@@ -45,8 +45,9 @@ WIDE = (dict(dataset_name="folder:", batch_size=16, learning_rate=2e-4, timestep
              image_channels=3, dropout=0.0, embedding_placement="after_conv1"))
 
 
-def _image_folder(root: Path, size: int, n: int = 256) -> str:
-    """n smooth random RGB images (PNG) for the presets without built-in data."""
+def image_folder(root: Path, size: int, n: int = 256) -> str:
+    """n smooth random RGB images (PNG) for the presets without built-in data (also gpu_check.sh's),
+    as a dataset name."""
     import numpy as np
     from PIL import Image
 
@@ -65,7 +66,7 @@ def configs(preset: str, tmp: Path, args: argparse.Namespace) -> tuple[Diffusion
     mcfg = ModelConfig(**model)
     diff = dict(diff)
     if not diff["dataset_name"].startswith("digits"):
-        diff["dataset_name"] = _image_folder(tmp / "images", mcfg.image_size)
+        diff["dataset_name"] = image_folder(tmp / "images", mcfg.image_size)
         diff["cache_dir"] = str(tmp / "cache")
     if args.batch_size:
         diff["batch_size"] = args.batch_size

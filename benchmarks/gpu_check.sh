@@ -80,18 +80,7 @@ part_compile() {
 }
 
 part_loop() {
-    $PY - <<'PYEOF'
-import numpy as np
-from pathlib import Path
-from PIL import Image
-root = Path("/tmp/faces"); root.mkdir(exist_ok=True)
-rng = np.random.default_rng(0)
-yy, xx = np.mgrid[0:128, 0:128] / 127.0
-for i in range(512):  # smooth colour gradients: cheap to make, not noise
-    a, b, c = rng.uniform(-1, 1, (3, 3))
-    img = np.stack([np.clip(127 + 120 * (a[k] * xx + b[k] * yy + c[k] * xx * yy), 0, 255) for k in range(3)], -1)
-    Image.fromarray(img.astype(np.uint8)).save(root / f"{i:04d}.png")
-PYEOF
+    $PY -c "from pathlib import Path; import bench_loop; bench_loop.image_folder(Path('/tmp/faces'), 128, 512)"
     timeout "$(lim 100)" $PY -m ddpm train --preset seed --dataset folder:/tmp/faces --batch-size 64 --max-steps 150 \
         --warmup-steps 10 --log-every-steps 25 --checkpoint-every-steps 0 --num-sample-images 0 --no-tensorboard \
         --out /tmp/seed_loop

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ddpm import DiffusionConfig, ModelConfig
 
@@ -30,3 +34,12 @@ def tiny_diffusion_config(tmp_path, **overrides) -> DiffusionConfig:
                   precision="fp32", learning_rate=2e-3)
     values.update(overrides)
     return DiffusionConfig(**values)
+
+
+def random_png_folder(folder: Path, count: int, shape: tuple[int, ...] = (8, 8, 3)) -> Path:
+    """A new folder of `count` random-pixel PNGs of shape (H, W, C), named 00.png, 01.png, ..."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    return folder

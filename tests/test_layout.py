@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_diffusion_config, tiny_model_config
-from PIL import Image
+from conftest import random_png_folder, tiny_diffusion_config, tiny_model_config
 
 import ddpm
 from ddpm import DiffusionConfig, ModelConfig, train_diffusion
@@ -95,11 +94,7 @@ def test_sample_grids_go_to_the_run_or_beside_the_file(tmp_path):
 
 
 def test_concurrent_cache_builds_of_one_folder_do_not_collide(tmp_path):
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(40):
-        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    folder = random_png_folder(tmp_path / "imgs", 40)
     results, errors = [], []
 
     def build():

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_diffusion_config, tiny_model_config
+from conftest import random_png_folder, tiny_diffusion_config, tiny_model_config
 
 from ddpm import DiffusionConfig, ModelConfig, train_diffusion
 from ddpm.checkpoint import (
@@ -150,14 +150,7 @@ def test_bad_training_config_names_the_field():
 
 
 def test_folder_dataset_trains_with_augmentation(tmp_path):
-    import numpy as np
-    from PIL import Image
-
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(5):
-        Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    folder = random_png_folder(tmp_path / "imgs", 5, (12, 10, 3))
     cfg = tiny_diffusion_config(tmp_path, dataset_name=f"folder:{folder}", batch_size=4, max_steps=3,
                                 use_augmentation=True, num_sample_images=2)
     run = train_diffusion(cfg, tiny_model_config(image_channels=3))
