@@ -17,7 +17,7 @@ import time
 import torch
 from bench_unet import SIZES, build
 
-from ddpm.generate import sample_images
+from ddpm.generation import sample_images
 from ddpm.schedule import NoiseSchedule
 
 

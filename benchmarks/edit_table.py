@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from ddpm.editing import inpaint, repaint_levels
-from ddpm.generate import load_model, network
+from ddpm.generation import load_model, network
 from ddpm.metrics import heldout_digits, train_digits_classifier
 from ddpm.runtime import resolve_precision
 from ddpm.samplers import image_generators

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ddpm.generate import load_model, rows_of_classes, sample_images
+from ddpm.generation import load_model, rows_of_classes, sample_images
 from ddpm.images import save_grid
 from ddpm.metrics import class_accuracy, digits_score, train_digits_classifier
 from ddpm.runtime import resolve_precision

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ddpm.generate import load_model, sample_images
+from ddpm.generation import load_model, sample_images
 from ddpm.images import grid_image, pyplot, save_figure, to_uint8
 from ddpm.metrics import digits_score, heldout_digits, train_digits_classifier
 from ddpm.runtime import resolve_precision

@@ -16,7 +16,7 @@ from test_cli import TINY, ddpm
 from ddpm import train_diffusion
 from ddpm.checkpoint import export_ema, load_checkpoint
 from ddpm.data import load_dataset
-from ddpm.generate import guided, load_model, sample_images
+from ddpm.generation import guided, load_model, sample_images
 from ddpm.run_dir import RunDir
 from ddpm.samplers import image_generators, run_sampler
 from ddpm.schedule import NoiseSchedule

@@ -18,7 +18,7 @@ from ddpm import DiffusionConfig, ModelConfig, train_diffusion
 from ddpm.checkpoint import FORMAT_VERSION, CheckpointError, atomic_save, load_checkpoint
 from ddpm.cli.sample import default_grid_path
 from ddpm.config import RENAMED_FIELDS, config_from_dict
-from ddpm.generate import load_model, sample_images
+from ddpm.generation import load_model, sample_images
 from ddpm.image_files import cached_folder
 from ddpm.run_dir import RunDir
 
@@ -114,7 +114,19 @@ def test_concurrent_cache_builds_of_one_folder_do_not_collide(tmp_path):
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
 
 
-def test_public_api_is_declared():
+def test_public_api_is_declared_and_does_not_depend_on_import_order():
+    import importlib
+    import pkgutil
+    import types
+
+    # Importing every submodule first (as `from ddpm import load_model` imports ddpm.generation) must not
+    # shadow a public name with a module of the same name.
+    for info in pkgutil.walk_packages(ddpm.__path__, "ddpm."):
+        importlib.import_module(info.name)
     for name in ddpm.__all__:
-        assert getattr(ddpm, name) is not None, name
+        value = getattr(ddpm, name)
+        assert value is not None and not isinstance(value, types.ModuleType), name
+    from ddpm import generate
+
+    assert callable(generate) and generate.__name__ == "generate"
     assert ddpm.SAMPLERS["dpmpp-2m"].default_steps == 20

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import tiny_model_config
 
-from ddpm.generate import sample_images
+from ddpm.generation import sample_images
 from ddpm.samplers import ddim_sample, ddpm_sample, image_generators, timestep_list
 from ddpm.schedule import NoiseSchedule
 from ddpm.unet import UNet

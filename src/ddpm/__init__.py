@@ -2,7 +2,7 @@
 
 The public API:
     DiffusionConfig, ModelConfig, train_diffusion     what to train and training it
-    load_model, sample_images, generate               sampling a trained model (ddpm.generate)
+    load_model, sample_images, generate               sampling a trained model (ddpm.generation)
     SAMPLERS, run_sampler                             the samplers by name (ddpm.samplers)
     NoiseSchedule                                     the forward process (ddpm.schedule)
     UNet                                              the noise predictor (ddpm.unet)
@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 # Where each lazily imported name lives: `import ddpm` stays light for the CLI's --help.
 _LAZY = {
-    "train_diffusion": "training", "load_model": "generate", "sample_images": "generate", "generate": "generate",
+    "train_diffusion": "training", "load_model": "generation", "sample_images": "generation", "generate": "generation",
     "SAMPLERS": "samplers", "run_sampler": "samplers", "NoiseSchedule": "schedule", "UNet": "unet",
     "RunDir": "run_dir",
 }

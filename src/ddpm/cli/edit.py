@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..edit_io import load_edit_inputs
     from ..editing import ddim_decode, ddim_invert, img2img, inpaint, interpolate
-    from ..generate import load_model, network
+    from ..generation import load_model, network
     from ..images import save_grid, save_npz
     from ..runtime import resolve_device, resolve_precision
     from ..samplers import image_generators

@@ -67,7 +67,7 @@ def default_grid_path(run: str | None, checkpoint: str | None, seed: int) -> Pat
 
 def run(args: argparse.Namespace) -> int:
     """Sample, then write the grid (and the .npz, PNGs and trajectory asked for)."""
-    from ..generate import generate, trajectory
+    from ..generation import generate, trajectory
     from ..images import save_grid, save_npz, save_png_folder, trajectory_figure
 
     if args.guidance_scale is not None and args.classes is None:

@@ -33,7 +33,7 @@ from ..config import (
     config_to_dict,
     resume_mismatches,
 )
-from ..generate import rows_of_classes, sample_images
+from ..generation import rows_of_classes, sample_images
 from ..images import forward_process_figure, grid_image, loss_curve_figure, save_grid, to_uint8
 from ..monitor import Monitor
 from ..run_dir import RunDir, RunDirBusy
