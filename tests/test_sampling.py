@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-from conftest import tiny_model_config
+from conftest import tiny_diffusion_config, tiny_model_config
 
+import ddpm.images
+from ddpm.cli import main
 from ddpm.generation import sample_images
 from ddpm.samplers import ddim_sample, ddpm_sample, image_generators, timestep_list
 from ddpm.schedule import NoiseSchedule
+from ddpm.training import train_diffusion
 from ddpm.unet import UNet
 
 # Short test schedules need not end in pure noise.
@@ -101,3 +105,19 @@ def test_timestep_lists(spacing):
         timestep_list(s, 0, spacing)
     with pytest.raises(ValueError, match="1 .. 1000"):
         timestep_list(s, 1001, spacing)
+
+
+def test_sample_trajectory_walks_the_grids_steps_of_a_run_with_sample_steps(tmp_path, monkeypatch):
+    """`ddpm sample --trajectory` on a run trained with sampler=ddim, sample_steps=4 shows those 4 steps."""
+    run = train_diffusion(tiny_diffusion_config(tmp_path, max_steps=2, num_sample_images=0, tensorboard=False,
+                                                sampler="ddim", sample_steps=4), tiny_model_config())
+    shown = []
+    real_figure = ddpm.images.trajectory_figure
+    monkeypatch.setattr(ddpm.images, "trajectory_figure", lambda frames, path: shown.extend(frames) or real_figure(frames, path))
+    assert main(["sample", "--run", str(run), "--num-images", "1", "--out", str(tmp_path / "g.png"),
+                 "--npz", str(tmp_path / "s.npz"), "--trajectory", str(tmp_path / "t.png")]) == 0
+    grid = timestep_list(NoiseSchedule(40, 1e-4, 0.02), 4, "uniform")  # [39, 26, 13, 0]: the run's 4 steps
+    assert [t - 1 for t, _, _ in shown] == grid
+    # The last predicted x_0 is the sampled image itself (DDIM's last step returns x0).
+    final = ddpm.images.to_uint8(shown[-1][2][None])
+    np.testing.assert_array_equal(final, np.load(tmp_path / "s.npz")["arr_0"])

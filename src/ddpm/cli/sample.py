@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     if args.png_dir:
         print(f"ddpm: {len(x)} PNGs in {save_png_folder(x, args.png_dir)}")
     if args.trajectory:
-        frames = trajectory(loaded, result.sampler, args.seed, args.sample_steps, args.spacing, args.clip_x0,
+        # The resolved step count: with the sampler named, the run's own sample_steps would no longer apply.
+        frames = trajectory(loaded, result.sampler, args.seed, result.network_calls, args.spacing, args.clip_x0,
                             args.precision, variance=args.variance, eta=args.eta)
         print(f"ddpm: trajectory figure {trajectory_figure(frames, args.trajectory)}")
     return 0
