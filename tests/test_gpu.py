@@ -117,3 +117,19 @@ def test_channels_last_and_compile_train_like_the_plain_model(tmp_path):
         other = losses(name, **switches)
         # Same seeded batches and draws: the same run up to kernel rounding.
         assert other == pytest.approx(plain, rel=5e-3), name
+
+
+def test_a_cpu_checkpoint_resumes_on_cuda_and_back(tmp_path):
+    """The training generator cannot carry over between devices: it is re-seeded, with a warning."""
+    def train(device: str, steps: int, resume: bool) -> None:
+        train_diffusion(tiny_diffusion_config(tmp_path, device=device, max_steps=steps, checkpoint_every_steps=2,
+                                              num_sample_images=0, tensorboard=False, resume=resume),
+                        tiny_model_config())
+
+    train("cpu", 2, False)
+    with pytest.warns(UserWarning, match="trained on cpu and this run is on cuda"):
+        train("cuda", 4, True)
+    with pytest.warns(UserWarning, match="trained on cuda and this run is on cpu"):
+        train("cpu", 6, True)
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000006.pt")
+    assert state["step"] == 6 and state["rng"]["generator_device"] == "cpu"

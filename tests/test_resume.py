@@ -236,3 +236,40 @@ def test_resume_from_a_checkpoint_of_the_unfused_optimizer(tmp_path):
     resumed = load_checkpoint(run / "checkpoints" / "step_00000006.pt")
     assert resumed["step"] == 6
     assert all(g["fused"] is True for g in resumed["optimizer"]["param_groups"])
+
+
+def _as_if_written_on_cuda(state: dict) -> dict:
+    """A CPU checkpoint's state as a CUDA run writes it: a Philox generator state (seed, offset; 16 bytes)."""
+    philox = torch.tensor([1234, 0], dtype=torch.int64).view(torch.uint8)
+    rng = {**state["rng"], "generator": philox, "cuda": philox.clone()}
+    rng.pop("generator_device", None)  # a checkpoint written before the device was recorded
+    return {**state, "rng": rng}
+
+
+def test_resume_on_another_device_reseeds_the_generator_from_seed_and_step(tmp_path):
+    trainer = Trainer(_cfg(tmp_path, seed=3), tiny_model_config())
+    for _ in range(2):
+        trainer.train_step()
+    state = _as_if_written_on_cuda(trainer.state_dict())
+    resumed = Trainer(_cfg(tmp_path, seed=3), tiny_model_config())
+    with pytest.warns(UserWarning, match=r"cuda.*cpu.*seed 3.*step 2"):
+        resumed.load_state_dict(state)
+    # A CUDA (Philox) state cannot become a CPU (Mersenne Twister) state: the CPU stream restarts from
+    # a seed of (seed, step) alone, so two resumes of one checkpoint on the CPU take the same steps.
+    again = Trainer(_cfg(tmp_path, seed=3), tiny_model_config())
+    with pytest.warns(UserWarning):
+        again.load_state_dict(state)
+    assert torch.equal(resumed.generator.get_state(), again.generator.get_state())
+    assert not torch.equal(resumed.generator.get_state(), trainer.generator.get_state())
+    assert resumed.step == 2
+    torch.testing.assert_close(resumed.train_step()["loss"], again.train_step()["loss"], rtol=0, atol=0)
+
+
+def test_a_checkpoint_written_on_the_same_device_restores_its_generator_exactly(tmp_path):
+    trainer = Trainer(_cfg(tmp_path), tiny_model_config())
+    trainer.train_step()
+    state = trainer.state_dict()
+    del state["rng"]["generator_device"]  # older checkpoints: the device is read from the state's size
+    resumed = Trainer(_cfg(tmp_path), tiny_model_config())
+    resumed.load_state_dict(state)
+    assert torch.equal(resumed.generator.get_state(), trainer.generator.get_state())

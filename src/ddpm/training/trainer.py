@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from typing import Any
 
 import torch
@@ -35,6 +36,9 @@ from ..schedule import NoiseSchedule
 from ..unet import UNet
 
 NUM_LOSS_BUCKETS = 4  # the loss is also logged by quarter of the timestep range
+# A CPU generator's state (Mersenne Twister) is this many bytes; a CUDA one (Philox) is 16. Read a
+# checkpoint's generator device from it where the checkpoint does not name the device.
+CPU_GENERATOR_STATE_BYTES = torch.Generator().get_state().numel()
 
 
 @torch.no_grad()
@@ -125,8 +129,9 @@ class Trainer:
         # Timesteps, noise and flips are drawn for the whole global batch from one generator seeded
         # alike on every process, and each process keeps its slice: so N processes take exactly the
         # step one process would, and a run resumes exactly under any world size.
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + 1)
-        self._reseed_dropout(0)
+        self.generator = torch.Generator(device=self.device).manual_seed(self._generator_seed(0))
+        if self.dist.enabled:
+            self._reseed_dropout(0)
         self.step = 0
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
@@ -273,6 +278,7 @@ class Trainer:
             "grad_scaler": self.scaler.state_dict(),
             "data": {**self.stream.state_dict(), "batches_consumed": self._consumed()},
             "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state(),
+                    "generator_device": self.generator.device.type,
                     "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
             "nonfinite_total": self.nonfinite_total,
             "world_size": self.dist.world_size,
@@ -283,8 +289,11 @@ class Trainer:
 
     def _reseed_dropout(self, step: int) -> None:
         """Give each process its own dropout masks (the global RNG), reproducibly from (seed, rank, step)."""
-        if self.dist.enabled:
-            torch.manual_seed(self.cfg.seed * 1000 + 7919 * step + 17 + self.dist.rank)
+        torch.manual_seed(self.cfg.seed * 1000 + 7919 * step + 17 + self.dist.rank)
+
+    def _generator_seed(self, step: int) -> int:
+        """The training generator's seed at `step` (the same on every process): at 0 the run's start."""
+        return self.cfg.seed * 1000 + 1 + 7919 * step
 
     def _consumed(self) -> int:
         return self._batches_consumed if self._batches is not None else self.stream.batches_consumed
@@ -304,9 +313,24 @@ class Trainer:
             self.scaler.load_state_dict(state["grad_scaler"])
         self.stream.load_state_dict(state["data"])
         self._batches = None
-        self.generator.set_state(state["rng"]["generator"].to("cpu"))
         self.step = int(state["step"])
-        if self.dist.world_size == 1 and state.get("world_size", 1) == 1:
+        saved = state["rng"]["generator"].to("cpu")
+        saved_device = state["rng"].get("generator_device") or (
+            "cpu" if saved.numel() == CPU_GENERATOR_STATE_BYTES else "cuda")
+        same_device = saved_device == self.device.type
+        if same_device:
+            self.generator.set_state(saved)
+        else:
+            # A CUDA (Philox) state and a CPU (Mersenne Twister) state are different generators: neither
+            # can continue the other's stream. Restart it from (seed, step), so a resume stays reproducible.
+            self.generator.manual_seed(self._generator_seed(self.step))
+            warnings.warn(
+                f"The checkpoint at step {self.step} was trained on {saved_device} and this run is on "
+                f"{self.device.type}: a {saved_device} random state cannot continue on {self.device.type}, so the "
+                f"training noise is re-seeded from (seed {self.cfg.seed}, step {self.step}). The run continues "
+                f"reproducibly but not bit for bit as it would have on {saved_device}; resume with "
+                f"device='{saved_device}' (--device {saved_device}) for that.", stacklevel=2)
+        if same_device and self.dist.world_size == 1 and state.get("world_size", 1) == 1:
             # Dropout masks come from the global RNG; one process continues its own stream exactly.
             torch.set_rng_state(state["rng"]["torch"].cpu())
             if state["rng"].get("cuda") is not None and self.device.type == "cuda":
