@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 from conftest import tiny_model_config
@@ -34,6 +36,34 @@ def test_repaint_walk():
     assert levels[0] == 10 and levels[-1] == 0
     assert all(abs(a - b) == 1 for a, b in zip(levels, levels[1:], strict=False))
     assert len(levels) - 1 == 10 + 2 * 2 * 2 * 4  # each of the 4 jump points goes up and down J, U - 1 times
+
+
+@pytest.mark.parametrize("T", [2, 3, 7, 10, 30, 200])
+def test_repaint_walk_is_valid_for_any_t_jump_and_resample(T):
+    # T need not be a multiple of J (T = 200, J = 3 once climbed to level 201 and crashed inpaint).
+    for J in sorted({*range(1, min(T, 12) + 1), T // 2 + 1, T - 1, T, T + 1} - {0}):
+        for U in (1, 2, 3, 10):
+            levels = repaint_levels(T, J, U)
+            assert levels[0] == T and levels[-1] == 0, (T, J, U)  # from x_T to the clean image
+            assert all(0 <= level <= T for level in levels), (T, J, U)
+            steps = [b - a for a, b in zip(levels, levels[1:], strict=False)]
+            assert set(steps) <= {-1, 1}, (T, J, U)
+            ups = "".join("u" if s > 0 else "d" for s in steps).split("d")
+            assert all(len(run) == J for run in ups if run), (T, J, U)  # every jump goes back exactly J levels
+            # Every stretch of J levels from the top down is redone U times; only the bottom one
+            # (levels 1 .. ((T - 1) mod J) + 1) is denoised once, as when U = 1.
+            bottom = (T - 1) % J + 1
+            visits = Counter(a for a, b in zip(levels, levels[1:], strict=False) if b < a)
+            assert visits == {level: U if level > bottom else 1 for level in range(1, T + 1)}, (T, J, U)
+
+
+def test_inpainting_runs_when_t_is_not_a_multiple_of_the_jump():
+    s = NoiseSchedule(7, 1e-3, 0.3, warn=False)
+    x = torch.rand(2, 1, 8, 8) * 2 - 1
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:5, :] = 1
+    out = inpaint(tiny_unet(), s, x, mask, image_generators(0, range(2)), jump_length=5, resample=2)
+    assert torch.equal(out[..., mask[0, 0] == 0], x[..., mask[0, 0] == 0])
 
 
 @pytest.mark.parametrize("resample", [1, 3])

@@ -28,12 +28,14 @@ from .schedule import NoiseSchedule, _gather
 def repaint_levels(num_timesteps: int, jump_length: int, resample: int) -> list[int]:
     """RePaint's walk over noise levels L = T .. 0 (x_L has L steps of noise; 0 = the clean image).
 
-    Every jump_length levels on the way down it goes back up jump_length levels, resample - 1
-    times, so each stretch is denoised resample times. resample = 1 is plain ancestral sampling.
+    Every jump_length levels on the way down (at T - J, T - 2J, ...) it goes back up jump_length
+    levels, resample - 1 times, so each stretch is denoised resample times; the bottom stretch, of
+    1 .. J levels, is denoised once. resample = 1 is plain ancestral sampling. Any T works: the
+    jump points count down from T, so a jump never climbs above T.
     """
     if jump_length < 1 or resample < 1:
         raise ValueError(f"jump_length={jump_length} and resample={resample} must both be >= 1.")
-    jumps = {level: resample - 1 for level in range(jump_length, num_timesteps, jump_length)}
+    jumps = {level: resample - 1 for level in range(num_timesteps - jump_length, 0, -jump_length)}
     level, levels = num_timesteps, [num_timesteps]
     while level > 0:
         level -= 1
