@@ -15,6 +15,11 @@ from typing import Any
 
 EMBEDDING_PLACEMENTS = ("block_start", "after_conv1")
 SAMPLE_VARIANCES = ("beta", "beta_tilde")
+# What the network predicts, how the loss weighs the timesteps, and the beta schedule
+# (schedule.py and losses.py implement them; docs/results.md says which trains fastest).
+PREDICTIONS = ("eps", "v", "x0")
+LOSS_WEIGHTINGS = ("uniform", "min-snr", "soft-min-snr")
+BETA_SCHEDULES = ("linear", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 LABEL_SOURCES = ("none", "subfolders")
@@ -134,6 +139,11 @@ class DiffusionConfig:
     timesteps_diff: int = _f(1000, "T, the number of diffusion steps (paper: 1000; seed: 200)")
     beta_start: float | None = _f(None, "first beta of the linear schedule. None = the paper's 1e-4 and 0.02 scaled by 1000 / T, so x_T is pure noise for any T (the seed's T = 200 with the unscaled range keeps 37% of the signal amplitude).")
     beta_end: float | None = _f(None, "last beta of the linear schedule. None = the paper's 0.02 scaled by 1000 / T (see beta_start).")
+    beta_schedule: str = _f("linear", "\"linear\" (DDPM: beta_start .. beta_end) or \"cosine\" (Nichol & Dhariwal 2021: alphā(t) = cos²((t/T + 0.008) / 1.008 · π/2); less noise early, so fewer steps are spent on nearly clean images)")
+    zero_terminal_snr: bool = _f(False, "rescale the schedule so that alphā_T = 0 exactly (Lin et al. 2024): x_T is pure noise, with no signal left. Needs prediction v or x0, since eps carries no information about x_0 there.")
+    prediction: str = _f("eps", "what the network predicts: \"eps\" (the noise, DDPM), \"v\" (sqrt(alphā) eps - sqrt(1 - alphā) x_0, Salimans & Ho 2022: well scaled at every t) or \"x0\" (the clean image)")
+    loss_weighting: str = _f("uniform", "weight of each t in the loss: \"uniform\" (plain MSE of the prediction, DDPM's L_simple for eps), \"min-snr\" (Hang et al. 2023: the x_0 error weighted by min(SNR, gamma); converges faster) or \"soft-min-snr\" (SNR gamma / (SNR + gamma), a smooth min; k-diffusion)")
+    snr_gamma: float = _f(5.0, "gamma of min-snr and soft-min-snr (Hang et al. 2023: 5)")
     max_steps: int = _f(800_000, "optimiser steps to train for (paper: 800k on CIFAR10)")
     warmup_steps: int = _f(5000, "linear learning-rate warm-up (paper: 5000)")
     grad_clip: float = _f(1.0, "max global gradient norm; 0 = no clipping (paper: 1.0)")
@@ -181,9 +191,22 @@ class DiffusionConfig:
             v = getattr(self, name)
             _require(v is None or 0.0 < v < 1.0, f"DiffusionConfig.{name}={v} must lie in (0, 1), or be None for the scaled default.")
         b0, b1 = self.resolved_betas()
-        _require(b0 <= b1, f"DiffusionConfig.beta_start={b0} is above beta_end={b1}; the linear schedule must increase.")
-        _require(b1 < 1.0, f"DiffusionConfig: beta_end resolves to {b1} >= 1 for T={self.timesteps_diff}; "
-                 "the scaled default needs T >= 21; use more timesteps or give beta_end explicitly.")
+        if self.beta_schedule == "linear":
+            _require(b0 <= b1, f"DiffusionConfig.beta_start={b0} is above beta_end={b1}; the linear schedule must increase.")
+            _require(b1 < 1.0, f"DiffusionConfig: beta_end resolves to {b1} >= 1 for T={self.timesteps_diff}; "
+                     "the scaled default needs T >= 21; use more timesteps or give beta_end explicitly.")
+        _require(self.beta_schedule in BETA_SCHEDULES,
+                 f"DiffusionConfig.beta_schedule={self.beta_schedule!r}; choose one of {BETA_SCHEDULES}.")
+        _require(self.beta_schedule == "linear" or (self.beta_start is None and self.beta_end is None),
+                 f"DiffusionConfig: beta_start/beta_end are set, but beta_schedule={self.beta_schedule!r} does not use "
+                 "them; unset them, or use beta_schedule='linear'.")
+        _require(self.prediction in PREDICTIONS, f"DiffusionConfig.prediction={self.prediction!r}; choose one of {PREDICTIONS}.")
+        _require(not (self.zero_terminal_snr and self.prediction == "eps"),
+                 "DiffusionConfig.zero_terminal_snr=True with prediction='eps': at alphā_T = 0, x_T is pure noise, so "
+                 "predicting its noise says nothing about x_0 (x_0 = (x_T - eps) / 0). Use prediction='v' (or 'x0').")
+        _require(self.loss_weighting in LOSS_WEIGHTINGS,
+                 f"DiffusionConfig.loss_weighting={self.loss_weighting!r}; choose one of {LOSS_WEIGHTINGS}.")
+        _require(0.0 < self.snr_gamma <= 1e6, f"DiffusionConfig.snr_gamma={self.snr_gamma} must lie in (0, 1e6] (paper: 5).")
         _require(self.max_steps >= 1, f"DiffusionConfig.max_steps={self.max_steps} must be at least 1.")
         for name in ("warmup_steps", "log_every_steps", "checkpoint_every_steps", "sample_every_steps",
                      "num_sample_images", "num_workers", "decode_workers", "sample_steps", "keep_checkpoints", "batch_per_device", "max_nonfinite_steps"):

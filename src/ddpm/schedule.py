@@ -7,10 +7,13 @@ mean the clean image x_0.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
 import torch
+
+from .config import BETA_SCHEDULES, PREDICTIONS
 
 # A schedule that leaves more than this much of the signal variance at t = T does not end in pure
 # noise, so sampling from N(0, I) starts from a distribution the model never saw.
@@ -23,26 +26,51 @@ def _gather(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Ten
     return out.view(-1, *([1] * (x.dim() - 1)))
 
 
+def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """The cosine schedule (Nichol & Dhariwal 2021, Eq. 17): alphā(t) = f(t) / f(0) with
+    f(t) = cos²((t / T + s) / (1 + s) · π / 2); beta_t = 1 - alphā(t) / alphā(t - 1), clipped at
+    max_beta as the paper does near t = T. Index i holds the paper's step i + 1. float64, (T,)."""
+    f = [math.cos((i / num_timesteps + s) / (1 + s) * math.pi / 2) ** 2 for i in range(num_timesteps + 1)]
+    return torch.tensor([min(1 - f[i + 1] / f[i], max_beta) for i in range(num_timesteps)], dtype=torch.float64)
+
+
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Betas whose alphā ends at exactly 0 (Lin et al. 2024, Algorithm 1).
+
+    sqrt(alphā) is shifted so that its last value is 0 and scaled so that its first is unchanged;
+    the betas are recomputed from the result. x_T is then pure noise, with no signal left at all.
+    """
+    root = torch.cumprod(1.0 - betas.to(torch.float64), dim=0).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * first / (first - last)
+    abar = root**2
+    return 1.0 - torch.cat([abar[:1], abar[1:] / abar[:-1]])
+
+
 class NoiseSchedule:
     """A beta schedule and the closed forms that follow from it (DDPM Eq. 4, 6, 7).
 
-    All coefficients are computed in float64 and cast to the working dtype where used.
+    All coefficients are computed in float64 and cast to the working dtype where used. The schedule
+    also knows what the network's output means (`prediction`: eps, v or x0), so that the loss and
+    every sampler turn it into x0 and eps in one place (`split`).
     """
 
-    def __init__(self, num_timesteps: int, beta_start: float, beta_end: float, warn: bool = True) -> None:
+    def __init__(self, num_timesteps: int, beta_start: float, beta_end: float, warn: bool = True,
+                 prediction: str = "eps") -> None:
         """The linear schedule (DDPM Sec. 4).
 
         Args:
             num_timesteps: T, the number of diffusion steps.
             beta_start, beta_end: the first and last beta of the linear schedule, 0 < b < 1.
             warn: warn when alphas_cumprod[T-1] keeps more than MAX_SIGNAL_AT_T of the signal.
+            prediction: what the network predicts: "eps" (DDPM), "v" or "x0".
         """
         if num_timesteps < 2:
             raise ValueError(f"num_timesteps={num_timesteps} must be at least 2.")
         if not 0.0 < beta_start <= beta_end < 1.0:
             raise ValueError(f"betas must satisfy 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}.")
         self._set_betas(torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64),
-                        torch.arange(num_timesteps))
+                        torch.arange(num_timesteps), prediction)
         if warn and self.signal_at_T > MAX_SIGNAL_AT_T:
             warnings.warn(
                 f"The beta schedule ({beta_start:g} .. {beta_end:g} over T={num_timesteps}) keeps "
@@ -52,7 +80,20 @@ class NoiseSchedule:
                 stacklevel=2,
             )
 
-    def _set_betas(self, betas: torch.Tensor, timesteps: torch.Tensor) -> None:
+    @classmethod
+    def from_betas(cls, betas: torch.Tensor, prediction: str = "eps") -> NoiseSchedule:
+        """A schedule of any betas in (0, 1] (the last may be 1: zero terminal SNR), e.g. cosine_betas(T)."""
+        betas = torch.as_tensor(betas, dtype=torch.float64)
+        if betas.dim() != 1 or betas.shape[0] < 2 or not bool(((betas > 0) & (betas <= 1)).all()):
+            raise ValueError("betas must be a 1-D sequence of at least 2 values in (0, 1].")
+        out = cls.__new__(cls)
+        out._set_betas(betas, torch.arange(betas.shape[0]), prediction)
+        return out
+
+    def _set_betas(self, betas: torch.Tensor, timesteps: torch.Tensor, prediction: str = "eps") -> None:
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction={prediction!r}; choose one of {PREDICTIONS}.")
+        self.prediction = prediction
         self.num_timesteps = int(betas.shape[0])
         # The network's timestep for each index of this schedule: 0 .. T-1 for the training schedule,
         # the kept steps for a respaced one.
@@ -69,6 +110,8 @@ class NoiseSchedule:
         self.posterior_mean_coef1 = self.betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1.0 - self.alphas_cumprod)
         self.signal_at_T = float(self.alphas_cumprod[-1])
+        # Signal-to-noise ratio alphā / (1 - alphā) (Kingma et al. 2021); 0 at a zero-terminal-SNR T.
+        self.snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
 
     def respace(self, kept: Sequence[int]) -> NoiseSchedule:
         """The schedule of the kept steps only (Nichol & Dhariwal 2021, Sec. 4).
@@ -90,14 +133,28 @@ class NoiseSchedule:
         abar = self.alphas_cumprod[idx]
         abar_prev = torch.cat([torch.ones(1, dtype=abar.dtype, device=abar.device), abar[:-1]])
         out = NoiseSchedule.__new__(NoiseSchedule)
-        out._set_betas(1.0 - abar / abar_prev, self.timesteps.to(idx.device)[idx])
+        out._set_betas(1.0 - abar / abar_prev, self.timesteps.to(idx.device)[idx], self.prediction)
         return out
 
     @classmethod
     def from_config(cls, config) -> NoiseSchedule:
-        """The schedule a DiffusionConfig describes (betas scaled by 1000 / T where not given)."""
-        beta_start, beta_end = config.resolved_betas()
-        return cls(config.timesteps_diff, beta_start, beta_end)
+        """The schedule a DiffusionConfig describes: linear (betas scaled by 1000 / T where not
+        given) or cosine, optionally rescaled to zero terminal SNR, with its prediction type."""
+        prediction = getattr(config, "prediction", "eps")
+        kind = getattr(config, "beta_schedule", "linear")
+        if kind not in BETA_SCHEDULES:
+            raise ValueError(f"beta_schedule={kind!r}; choose one of {BETA_SCHEDULES}.")
+        if kind == "linear" and not getattr(config, "zero_terminal_snr", False):
+            beta_start, beta_end = config.resolved_betas()
+            return cls(config.timesteps_diff, beta_start, beta_end, prediction=prediction)
+        if kind == "linear":
+            beta_start, beta_end = config.resolved_betas()
+            betas = torch.linspace(beta_start, beta_end, config.timesteps_diff, dtype=torch.float64)
+        else:
+            betas = cosine_betas(config.timesteps_diff)
+        if getattr(config, "zero_terminal_snr", False):
+            betas = rescale_zero_terminal_snr(betas)
+        return cls.from_betas(betas, prediction)
 
     def to(self, device: torch.device | str) -> NoiseSchedule:
         """Move the float64 tables to `device` (once, so the training loop never copies them)."""
@@ -123,6 +180,31 @@ class NoiseSchedule:
         return _gather(self.sqrt_alphas_cumprod, t, x0) * x0 + _gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
 
     # Reverse-process helpers ----------------------------------------------------------------------
+
+    def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the network is trained to output for x_t = q_sample(x0, t, noise): eps (DDPM), x0,
+        or v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022, Sec. 4)."""
+        if self.prediction == "eps":
+            return noise
+        if self.prediction == "x0":
+            return x0
+        return _gather(self.sqrt_alphas_cumprod, t, x0) * noise - _gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+
+    def split(self, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0_hat, eps_hat) from the network's output at x_t: the one place that reads `prediction`.
+
+        With a = sqrt(abar), s = sqrt(1 - abar) and x_t = a x0 + s eps:
+            eps: x0 = (x_t - s eps) / a
+            x0:  eps = (x_t - a x0) / s
+            v:   x0 = a x_t - s v,  eps = s x_t + a v   (a^2 + s^2 = 1; no division, so v stays
+                 finite at abar = 0, where x_T holds no signal: zero terminal SNR)
+        """
+        if self.prediction == "eps":
+            return self.predict_x0_from_eps(x_t, t, out), out
+        a, s = _gather(self.sqrt_alphas_cumprod, t, x_t), _gather(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        if self.prediction == "x0":
+            return out, (x_t - a * out) / s
+        return a * x_t - s * out, s * x_t + a * out
 
     def predict_x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Invert q_sample: x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UsageError
 from ..schedule import NoiseSchedule, _gather
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -69,13 +70,16 @@ def timestep_list(schedule: NoiseSchedule, num_steps: int, spacing: str = "unifo
     if not 0 <= start < T:
         raise ValueError(f"start timestep {start} must lie in 0 .. {T - 1}.")
     if not 1 <= num_steps <= start + 1:
-        raise ValueError(f"sample steps={num_steps} must lie in 1 .. {start + 1} (the training T is {T}).")
+        raise UsageError(f"sample steps={num_steps} must lie in 1 .. {start + 1} (the training T is {T}).")
     if spacing not in SPACINGS:
-        raise ValueError(f"spacing={spacing!r}; choose one of {SPACINGS}.")
+        raise UsageError(f"spacing={spacing!r}; choose one of {SPACINGS}.")
     if num_steps == 1:
         return [start]
     if spacing == "uniform":
         ts = torch.linspace(start, 0, num_steps, dtype=torch.float64).round().long().tolist()
+    elif float(schedule.alphas_cumprod[start]) <= 0.0:
+        # Zero terminal SNR: log-SNR is -inf at `start`, so spread the other steps below it.
+        return [start] + timestep_list(schedule, num_steps - 1, spacing, start - 1)
     else:
         abar = schedule.alphas_cumprod[: start + 1].cpu()
         lam = (abar.log() - torch.log1p(-abar)).numpy()  # decreasing in t
@@ -104,7 +108,10 @@ def denoise(
     y: torch.Tensor | None = None,
     need_eps: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The step every sampler starts with: predict eps, then x0 (DDPM Eq. 15 inverted), clip.
+    """The step every sampler starts with: the network's output as (x0, eps), x0 clipped.
+
+    The output is read as the schedule's prediction type (schedule.split: eps, v or x0), so every
+    sampler, guidance and editing work unchanged for each.
 
     Args:
         i: the index of x's timestep in schedule.
@@ -118,8 +125,8 @@ def denoise(
     b = x.shape[0]
     t_idx = torch.full((b,), i, device=x.device, dtype=torch.long)
     t_model = torch.full((b,), t_model, device=x.device, dtype=torch.long)
-    eps = (model(x, t_model) if y is None else model(x, t_model, y)).float()
-    x0 = schedule.predict_x0_from_eps(x, t_idx, eps)
+    out = (model(x, t_model) if y is None else model(x, t_model, y)).float()
+    x0, eps = schedule.split(x, t_idx, out)
     if clip_x0:
         x0 = x0.clamp(-1.0, 1.0)
         if need_eps:
@@ -138,5 +145,8 @@ def run_hook(hook: Hook | None, index: int, t: int, t_next: int, x: torch.Tensor
 
 
 def log_snr(abar: float) -> float:
-    """lambda = log(alpha / sigma) = 0.5 log(alphā / (1 - alphā)); +inf at alphā = 1 (clean data)."""
+    """lambda = log(alpha / sigma) = 0.5 log(alphā / (1 - alphā)); +inf at alphā = 1 (clean data),
+    -inf at alphā = 0 (pure noise: a zero-terminal-SNR schedule's x_T)."""
+    if abar <= 0.0:
+        return -math.inf
     return math.inf if abar >= 1.0 else 0.5 * (math.log(abar) - math.log1p(-abar))

@@ -209,7 +209,8 @@ class Trainer:
         for micro, (x0_m, t_m, noise_m, y_m) in enumerate(chunks):
             sync = micro == self.accumulation - 1 or not self.dist.enabled
             with contextlib.nullcontext() if sync else self.net.no_sync(), autocast(self.device, self.amp_dtype):
-                loss, per_image, _ = diffusion_loss(self.net, self.schedule, x0_m, t=t_m, noise=noise_m, y=y_m)
+                loss, per_image, _ = diffusion_loss(self.net, self.schedule, x0_m, t=t_m, noise=noise_m, y=y_m,
+                                                    weighting=cfg.loss_weighting, snr_gamma=cfg.snr_gamma)
             self.scaler.scale(loss / self.accumulation).backward()
             loss_total += loss.detach() / self.accumulation
             bucket = t_m * NUM_LOSS_BUCKETS // self.schedule.num_timesteps

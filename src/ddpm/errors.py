@@ -1,0 +1,14 @@
+"""The error a user can fix by changing what they asked for, as opposed to a bug of ours.
+
+`ddpm` prints these (and the other project errors: ConfigError, DatasetNotFoundError,
+CheckpointError, RunDirBusy) as one line with exit code 2; any other exception is a bug and
+shows its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UsageError(ValueError):
+    """A request that cannot be met as given: a flag value, a file, a class or an option a sampler
+    does not take. The message names the value and the fix. A ValueError, so `except ValueError`
+    in callers of the library keeps working."""

@@ -1,0 +1,204 @@
+"""Prediction types (eps, v, x0), SNR loss weightings and the cosine / zero-terminal-SNR schedules,
+against closed forms: the exact denoiser of Gaussian data, the papers' formulas, float64."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_diffusion_config, tiny_model_config
+from test_samplers_gaussian import MU, S, gaussian_eps, ode_end
+
+import ddpm
+from ddpm import DiffusionConfig, train_diffusion
+from ddpm.config import PREDICTIONS
+from ddpm.generation import load_model, sample_images
+from ddpm.losses import diffusion_loss, snr_weight
+from ddpm.samplers import run_sampler, timestep_list
+from ddpm.schedule import NoiseSchedule, cosine_betas, rescale_zero_terminal_snr
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def gaussian_model(schedule: NoiseSchedule):
+    """The exact denoiser of x0 ~ N(MU, S^2 I), written in the schedule's own parametrization
+    (derived here from E[x0 | x_t], not through schedule.split)."""
+    abar = schedule.alphas_cumprod
+
+    def model(x, t):
+        x = x.double()
+        a, s2 = abar[t].sqrt().view(-1, 1, 1, 1), (1 - abar[t]).view(-1, 1, 1, 1)
+        x0 = MU + a * S * S / (a * a * S * S + s2) * (x - a * MU)  # E[x0 | x_t]
+        eps = s2.sqrt() * (x - a * MU) / (a * a * S * S + s2)  # E[eps | x_t]
+        return {"eps": eps, "x0": x0, "v": a * eps - s2.sqrt() * x0}[schedule.prediction]
+
+    return model
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_each_prediction_gives_the_x0_and_eps_of_the_epsilon_form(prediction):
+    schedule = NoiseSchedule(1000, 1e-4, 0.02, prediction=prediction)
+    eps_schedule = NoiseSchedule(1000, 1e-4, 0.02)
+    x = torch.randn(16, 1, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t = torch.arange(0, 1000, 64)
+    x0, eps = schedule.split(x, t, gaussian_model(schedule)(x, t))
+    x0_ref, eps_ref = eps_schedule.split(x, t, gaussian_eps(eps_schedule)(x, t))
+    torch.testing.assert_close(eps, eps_ref, rtol=1e-9, atol=1e-9)
+    # x0 from eps divides by sqrt(alphā) (0.006 at t = T): float64 rounding grows by that much.
+    torch.testing.assert_close(x0, x0_ref, rtol=1e-9, atol=1e-9 / float(eps_schedule.sqrt_alphas_cumprod[-1]))
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_the_training_target_is_what_split_inverts(prediction):
+    schedule = NoiseSchedule(200, 5e-4, 0.1, prediction=prediction)
+    g = torch.Generator().manual_seed(1)
+    x0, noise = torch.rand(8, 1, 4, 4, dtype=torch.float64, generator=g) * 2 - 1, torch.randn(8, 1, 4, 4, dtype=torch.float64, generator=g)
+    t = torch.randint(0, 200, (8,), generator=g)
+    x_t = schedule.q_sample(x0, t, noise)
+    target = schedule.target(x0, t, noise)
+    if prediction == "v":  # Salimans & Ho 2022, Sec. 4: v = alpha eps - sigma x0
+        a, s = schedule.alphas_cumprod[t].sqrt().view(-1, 1, 1, 1), (1 - schedule.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
+        torch.testing.assert_close(target, a * noise - s * x0)
+    x0_back, eps_back = schedule.split(x_t, t, target)
+    torch.testing.assert_close(eps_back, noise, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(x0_back, x0, rtol=1e-8, atol=1e-7)
+
+
+@pytest.mark.parametrize("prediction", ["v", "x0"])
+@pytest.mark.parametrize(("name", "spacing", "order"), [("ddim", "uniform", 1.0), ("dpmpp-2m", "logsnr", 2.0)])
+def test_deterministic_samplers_converge_with_every_prediction_as_with_eps(prediction, name, spacing, order):
+    schedule = NoiseSchedule(1000, 1e-4, 0.02, prediction=prediction)
+    eps_schedule = NoiseSchedule(1000, 1e-4, 0.02)
+    x_T = torch.randn(64, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 1.5
+    errors = []
+    for k in (20, 40, 80):
+        ts = timestep_list(schedule, k, spacing)
+        x = run_sampler(name, gaussian_model(schedule), schedule, x_T, None, num_steps=k, spacing=spacing, clip_x0=False)
+        x_eps = run_sampler(name, gaussian_eps(eps_schedule), eps_schedule, x_T, None, num_steps=k, spacing=spacing,
+                            clip_x0=False)
+        # The same trajectory as the eps form, up to the float32 the network output is cast to.
+        torch.testing.assert_close(x, x_eps, rtol=1e-5, atol=1e-5)
+        errors.append((x.double() - ode_end(schedule, x_T, ts[0], ts[-1])).abs().max().item())
+    rates = [math.log2(errors[i] / errors[i + 1]) for i in range(len(errors) - 1)]
+    assert all(order - 0.5 < r < order + 0.3 for r in rates), (errors, rates)
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_ancestral_sampling_reproduces_the_data_distribution_with_every_prediction(prediction):
+    schedule = NoiseSchedule(100, 1e-3, 0.2, prediction=prediction)
+    x_T = torch.randn(4000, 1, 1, 1, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    x = run_sampler("ddpm", gaussian_model(schedule), schedule, x_T, torch.Generator().manual_seed(3),
+                    clip_x0=False, variance="beta_tilde").double()
+    # Mean and standard deviation of 4,000 samples: standard errors 0.008 and 0.006.
+    assert abs(x.mean().item() - MU) < 0.04 and abs(x.std().item() - S) < 0.04, (x.mean().item(), x.std().item())
+
+
+def test_weightings_equal_their_formulas_for_each_target():
+    snr = torch.tensor([1e-3, 0.1, 1.0, 4.9, 5.0, 5.1, 30.0, 1e4], dtype=torch.float64)
+    gamma = 5.0
+    scale = {"eps": snr, "v": snr + 1, "x0": torch.ones_like(snr)}  # ||target err||^2 / ||x0 err||^2
+    for p in PREDICTIONS:
+        torch.testing.assert_close(snr_weight(snr, p, "uniform", gamma), torch.ones_like(snr))
+        # Hang et al. 2023: eps min(SNR, g) / SNR, v min(SNR, g) / (SNR + 1), x0 min(SNR, g).
+        want = torch.tensor([min(v, gamma) for v in snr.tolist()], dtype=torch.float64) / scale[p]
+        torch.testing.assert_close(snr_weight(snr, p, "min-snr", gamma), want)
+        soft = torch.tensor([1 / (1 / v + 1 / gamma) for v in snr.tolist()], dtype=torch.float64) / scale[p]
+        torch.testing.assert_close(snr_weight(snr, p, "soft-min-snr", gamma), soft)
+        # With gamma = inf, both are L_simple's weighting of the x0 error (SNR), for every target.
+        for w in ("min-snr", "soft-min-snr"):
+            torch.testing.assert_close(snr_weight(snr, p, w, math.inf), snr / scale[p])
+    torch.testing.assert_close(snr_weight(snr, "eps", "min-snr", math.inf), snr_weight(snr, "eps", "uniform"))
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_the_weighted_loss_is_the_same_x0_loss_whatever_the_prediction(prediction):
+    # A model whose x0 error is the same for every prediction type gives the same min-SNR loss.
+    schedule = NoiseSchedule(200, 5e-4, 0.1, prediction=prediction)
+    g = torch.Generator().manual_seed(4)
+    x0, noise = torch.rand(32, 1, 4, 4, dtype=torch.float64, generator=g), torch.randn(32, 1, 4, 4, dtype=torch.float64, generator=g)
+    t = torch.randint(0, 200, (32,), generator=g)
+    x0_err = 0.3 * torch.randn(32, 1, 4, 4, dtype=torch.float64, generator=g)
+
+    def model(x_t, t_):  # predicts x0 + x0_err, written in this parametrization
+        a, s = schedule.sqrt_alphas_cumprod[t_].view(-1, 1, 1, 1), schedule.sqrt_one_minus_alphas_cumprod[t_].view(-1, 1, 1, 1)
+        x0_hat = x0 + x0_err
+        eps_hat = (x_t - a * x0_hat) / s
+        return {"eps": eps_hat, "x0": x0_hat, "v": a * eps_hat - s * x0_hat}[prediction]
+
+    _, per_image, _ = diffusion_loss(model, schedule, x0, t=t, noise=noise, weighting="min-snr", snr_gamma=5.0)
+    snr = schedule.snr[t]
+    want = snr.clamp(max=5.0) * x0_err.pow(2).mean(dim=(1, 2, 3))
+    # The loss is taken in float32: errors subtract from targets of size ~1 at 2^-24 each.
+    torch.testing.assert_close(per_image.double(), want, rtol=1e-4, atol=1e-9)
+
+
+def test_the_cosine_schedule_is_nichol_and_dhariwals():
+    T, s = 1000, 0.008
+    sched = NoiseSchedule.from_betas(cosine_betas(T))
+
+    def f(t):
+        return math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
+
+    # Index i is the paper's step i + 1: alphā = f(i + 1) / f(0) wherever no beta was clipped at 0.999.
+    for i in (0, 1, 10, 250, 500, 900, 990):
+        assert sched.alphas_cumprod[i].item() == pytest.approx(f(i + 1) / f(0), rel=1e-12)
+    assert cosine_betas(T).max().item() == pytest.approx(0.999)
+    assert sched.signal_at_T < 1e-6
+    try:  # diffusers' betas_for_alpha_bar("cosine"), where installed
+        from diffusers.schedulers.scheduling_ddpm import betas_for_alpha_bar
+    except ImportError:
+        return
+    torch.testing.assert_close(cosine_betas(T).float(), betas_for_alpha_bar(T, alpha_transform_type="cosine"))
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_zero_terminal_snr_ends_at_pure_noise_and_keeps_the_first_step(kind):
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64) if kind == "linear" else cosine_betas(1000)
+    before = torch.cumprod(1 - betas, 0)
+    after = NoiseSchedule.from_betas(rescale_zero_terminal_snr(betas), prediction="v")
+    assert after.alphas_cumprod[-1].item() == 0.0 and after.snr[-1].item() == 0.0
+    assert after.alphas_cumprod[0].item() == pytest.approx(before[0].item(), rel=1e-12)
+    # Lin et al. 2024, Algorithm 1: sqrt(alphā) shifted and scaled linearly.
+    r = before.sqrt()
+    torch.testing.assert_close(after.sqrt_alphas_cumprod, (r - r[-1]) * r[0] / (r[0] - r[-1]))
+    assert bool((after.alphas_cumprod[1:] < after.alphas_cumprod[:-1]).all())
+
+
+def test_zero_terminal_snr_samples_with_v_and_is_refused_with_eps():
+    with pytest.raises(ddpm.ConfigError, match="zero_terminal_snr.*prediction='v'"):
+        DiffusionConfig(zero_terminal_snr=True)
+    with pytest.raises(ddpm.ConfigError, match="beta_start"):
+        DiffusionConfig(beta_schedule="cosine", beta_start=1e-4)
+    cfg = DiffusionConfig(timesteps_diff=100, beta_schedule="cosine", zero_terminal_snr=True, prediction="v")
+    schedule = NoiseSchedule.from_config(cfg)
+    assert schedule.prediction == "v" and schedule.alphas_cumprod[-1].item() == 0.0
+    x_T = torch.randn(2000, 1, 1, 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    for name in ("ddim", "dpmpp-2m", "dpmpp-2m-sde", "ddpm"):
+        x = run_sampler(name, gaussian_model(schedule), schedule, x_T, torch.Generator().manual_seed(6),
+                        num_steps=20, clip_x0=False).double()
+        assert torch.isfinite(x).all(), name
+        # At t = T the exact v-model returns x0 = E[x0] = MU, from which the samplers reach the data.
+        assert abs(x.mean().item() - MU) < 0.05 and abs(x.std().item() - S) < 0.08, (name, x.mean().item(), x.std().item())
+
+
+def test_a_v_min_snr_cosine_run_trains_stores_its_recipe_and_samples(tmp_path):
+    cfg = tiny_diffusion_config(tmp_path, max_steps=4, num_sample_images=0, tensorboard=False, prediction="v",
+                                loss_weighting="min-snr", snr_gamma=5.0, beta_schedule="cosine", zero_terminal_snr=True)
+    run = train_diffusion(cfg, tiny_model_config())
+    stored = json.loads((Path(str(run)) / "config.json").read_text())["diffusion_config"]
+    assert (stored["prediction"], stored["loss_weighting"], stored["beta_schedule"], stored["zero_terminal_snr"]) == (
+        "v", "min-snr", "cosine", True)
+    loaded = load_model(run=run)
+    assert loaded.schedule.prediction == "v" and loaded.schedule.alphas_cumprod[-1].item() == 0.0
+    x = sample_images(loaded.model, loaded.schedule, 3, seed=0, sampler="dpmpp-2m", num_steps=5)
+    assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all()
+
+
+def test_an_old_checkpoint_loads_as_an_epsilon_model():
+    loaded = load_model(checkpoint=FIXTURES / "checkpoint_v0.pt")
+    cfg = loaded.diffusion_config
+    assert (cfg.prediction, cfg.loss_weighting, cfg.beta_schedule, cfg.zero_terminal_snr) == ("eps", "uniform", "linear", False)
+    assert loaded.schedule.prediction == "eps"
