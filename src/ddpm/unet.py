@@ -102,9 +102,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     """softmax(q k^T / sqrt(d)) v over (..., L, d) tensors.
 
     PyTorch's fused kernel everywhere except bf16 on the CPU. There, two plain matmuls (oneDNN runs
-    them on AMX) and a softmax make forward + backward 2.3-5x faster than the fused flash kernel
-    at this U-Net's sizes (64-256 tokens, d = 64 to 512). Their relative error against float64 is
-    ~5e-3 where the fused kernel has ~4e-3, both at bf16's resolution (benchmarks/bench_attention.py).
+    them on AMX) and a softmax are several times faster than the fused flash kernel at this U-Net's
+    sizes, at the same bf16 accuracy against float64 (docs/bench_attention_cpu.md has the numbers;
+    benchmarks/bench_attention.py measures them again).
     """
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         return _MatmulAttention.apply(q, k, v)
@@ -125,7 +125,7 @@ class AttentionBlock(nn.Module):
         B, C, H, W = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
         # (3, B, heads, HW, C/heads) with the head dimension contiguous: PyTorch's fused (flash)
-        # attention kernel needs that; strided q/k/v fall back to a 2-3x slower path on CPU.
+        # attention kernel needs that; strided q/k/v fall back to a slower path on CPU.
         q, k, v = self.qkv(tokens).view(B, H * W, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
         h = attention(q, k, v)  # (B, heads, HW, C/heads)
         h = self.proj_out(h.transpose(1, 2).reshape(B, H * W, C))

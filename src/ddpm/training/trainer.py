@@ -56,8 +56,8 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float, apply: torch.Tens
 
 def adamw(params, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
     """AdamW with PyTorch's fused kernel where it exists (CPU, CUDA): one pass over each tensor
-    instead of ~10, 2.6x faster than the default on the CPU for the 61M-parameter seed model
-    (benchmarks/bench_levers.py --optimizer). The same update, to float rounding."""
+    instead of ~10 (docs/bench_optimizer_cpu.md: benchmarks/bench_levers.py --optimizer). The same
+    update, to float rounding."""
     fused = True if device.type in ("cpu", "cuda") else None  # None: PyTorch's default kernel elsewhere
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
 
