@@ -137,3 +137,43 @@ def test_benchmark_scripts_import_and_explain_themselves(script, monkeypatch):
     assert module.__doc__ and callable(module.main)
     r = subprocess.run([sys.executable, str(Path(module.__file__)), "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "usage:" in r.stdout, r.stderr
+
+
+def test_a_user_error_is_one_line_and_a_bug_shows_its_traceback(tmp_path, capsys, monkeypatch):
+    from conftest import tiny_diffusion_config, tiny_model_config
+
+    import ddpm.generation
+    import ddpm.images
+    from ddpm import train_diffusion
+    from ddpm.cli import main
+
+    run = str(train_diffusion(tiny_diffusion_config(tmp_path, max_steps=1, num_sample_images=0, tensorboard=False),
+                              tiny_model_config()))
+    capsys.readouterr()  # the training's progress
+    np.savez(tmp_path / "no_arr0.npz", images=np.zeros((2, 8, 8, 1), np.uint8))
+    (tmp_path / "garbage.npz").write_bytes(b"not a zip file")
+    sample = ["sample", "--run", run, "--num-images", "2", "--out", str(tmp_path / "g.png")]
+    for argv, message in (
+        ([*sample, "--class", "3"], "unconditional model"),  # LoadedModel.class_index
+        ([*sample, "--sample-steps", "41"], "sample steps=41 must lie in 1 .. 40"),  # timestep_list
+        ([*sample, "--sampler", "dpmpp-2m", "--eta", "0.5"], "takes no ['eta']"),  # run_sampler's options
+        ([*sample, "--guidance-scale", "2"], "give --class or --classes"),
+        (["eval", str(tmp_path / "no_arr0.npz")], "has no arr_0"),
+        (["eval", str(tmp_path / "garbage.npz")], "cannot be read as an .npz file"),
+        (["edit", "img2img", "--run", run, "--image", str(tmp_path / "none.png"), "--strength", "0.5",
+          "--out", str(tmp_path / "e.png")], "does not exist"),
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"ddpm {argv[0]}: error: ") and message in err and err.count("\n") == 1, (argv, err)
+
+    def bug(*args, **kwargs):
+        raise ValueError("an injected bug")
+
+    # A ValueError that is not a user error is ours: it must reach the user with its traceback.
+    monkeypatch.setattr(ddpm.generation, "sample_images", bug)
+    with pytest.raises(ValueError, match="injected bug"):
+        main(sample)
+    monkeypatch.setattr(ddpm.images, "load_images", bug)
+    with pytest.raises(ValueError, match="injected bug"):
+        main(["eval", str(tmp_path / "no_arr0.npz")])

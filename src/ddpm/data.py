@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .errors import UsageError
 from .image_files import (
     CROP_MODES,
     IMAGE_EXTENSIONS,
@@ -285,9 +286,9 @@ class BatchStream:
 
     def __init__(self, num_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
         if num_items < 1:
-            raise ValueError("the dataset is empty.")
+            raise UsageError("the dataset is empty.")
         if batch_size % world_size:
-            raise ValueError(f"batch_size={batch_size} must be divisible by the number of processes ({world_size}).")
+            raise UsageError(f"batch_size={batch_size} must be divisible by the number of processes ({world_size}).")
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.batches_consumed = 0
@@ -323,7 +324,7 @@ class BatchStream:
     def load_state_dict(self, state: dict[str, int]) -> None:
         for key in ("seed", "batch_size", "num_items"):
             if state[key] != getattr(self, key):
-                raise ValueError(f"the checkpoint's data stream had {key}={state[key]}, this run has "
+                raise UsageError(f"the checkpoint's data stream had {key}={state[key]}, this run has "
                                  f"{getattr(self, key)}; resume with the same dataset, batch_size and seed.")
         self.batches_consumed = int(state["batches_consumed"])
 

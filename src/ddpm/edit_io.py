@@ -9,17 +9,18 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .errors import UsageError
 from .image_files import decode_image, square
 
 
 def _open(path: Path, what: str) -> Image.Image:
     if not path.is_file():
-        raise ValueError(f"{what} {path} does not exist.")
+        raise UsageError(f"{what} {path} does not exist.")
     try:
         img = Image.open(path)
         img.load()
     except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"{what} {path} cannot be read as an image ({err}).") from None
+        raise UsageError(f"{what} {path} cannot be read as an image ({err}).") from None
     return img
 
 
@@ -39,7 +40,7 @@ def load_edit_inputs(images: Sequence[str | Path], mask: str | Path | None, imag
     if mask is not None:
         img = _open(Path(mask), "Mask").convert("L")
         if img.size != first_size:
-            raise ValueError(f"Mask {mask} is {img.size[0]}x{img.size[1]} but the image {images[0]} is "
+            raise UsageError(f"Mask {mask} is {img.size[0]}x{img.size[1]} but the image {images[0]} is "
                              f"{first_size[0]}x{first_size[1]}; draw the mask at the image's size (white = fill).")
         img = square(img, crop).resize((image_size, image_size), Image.Resampling.NEAREST)
         m = torch.from_numpy((np.asarray(img) >= 128).astype(np.float32))[None, None]

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .config import DiffusionConfig, ModelConfig
+from .errors import UsageError
 from .runtime import autocast, resolve_device, resolve_precision
 from .samplers import (
     DEFAULT_SAMPLER,
@@ -44,7 +45,7 @@ class LoadedModel:
         """The class index a user means by a name ("7", "cat") or an index; errors list the choices."""
         n = self.model_config.num_classes
         if n == 0:
-            raise ValueError(f"{self.path} is an unconditional model: it cannot be asked for a class. Train with "
+            raise UsageError(f"{self.path} is an unconditional model: it cannot be asked for a class. Train with "
                              "--class-conditional (ModelConfig.num_classes) to sample by class.")
         names = self.class_names or [str(i) for i in range(n)]
         text = str(name_or_index)
@@ -52,7 +53,7 @@ class LoadedModel:
             return names.index(text)
         if text.lstrip("-").isdigit() and 0 <= int(text) < n:
             return int(text)
-        raise ValueError(f"class {text!r} is not one of this model's {n} classes: indices 0 .. {n - 1} or names "
+        raise UsageError(f"class {text!r} is not one of this model's {n} classes: indices 0 .. {n - 1} or names "
                          f"{', '.join(names[:20])}{', ...' if n > 20 else ''}.")
 
     def resolve(self, sampler: str | None, num_steps: int | None, clip_x0: bool | None,

@@ -21,6 +21,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .errors import UsageError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
 CROP_MODES = ("center", "pad")
@@ -243,10 +245,10 @@ def read_idx_labels(path: Path) -> np.ndarray:
         raw = gzip.decompress(raw)
     magic, n = int.from_bytes(raw[:4], "big"), int.from_bytes(raw[4:8], "big")
     if magic != 2049:
-        raise ValueError(f"{path} is not an IDX label file (magic {magic}, expected 2049)")
+        raise UsageError(f"{path} is not an IDX label file (magic {magic}, expected 2049)")
     labels = np.frombuffer(raw[8:8 + n], np.uint8)
     if labels.size != n:
-        raise ValueError(f"{path} is truncated: {labels.size} of {n} labels")
+        raise UsageError(f"{path} is truncated: {labels.size} of {n} labels")
     return labels.astype(np.int64)
 
 
@@ -259,7 +261,7 @@ def subfolder_labels(folder: Path, files: list[Path], skipped: list[str]) -> tup
     kept = [p for p in files if str(p) not in bad]
     loose = [p for p in kept if p.parent == folder]
     if loose:
-        raise ValueError(f"labels='subfolders' makes each immediate subfolder of {folder} a class, but {loose[0]} "
+        raise UsageError(f"labels='subfolders' makes each immediate subfolder of {folder} a class, but {loose[0]} "
                          f"(and {len(loose) - 1} more) lie in the folder itself; move them into a class folder.")
     names = sorted({p.relative_to(folder).parts[0] for p in kept})
     index = {name: i for i, name in enumerate(names)}
@@ -274,9 +276,9 @@ def read_idx_images(path: Path) -> np.ndarray:
     buf = io.BytesIO(raw)
     magic = int.from_bytes(buf.read(4), "big")
     if magic != 2051:
-        raise ValueError(f"{path} is not an IDX image file (magic {magic}, expected 2051)")
+        raise UsageError(f"{path} is not an IDX image file (magic {magic}, expected 2051)")
     n, rows, cols = (int.from_bytes(buf.read(4), "big") for _ in range(3))
     data = np.frombuffer(buf.read(n * rows * cols), np.uint8)
     if data.size != n * rows * cols:
-        raise ValueError(f"{path} is truncated: {data.size} of {n * rows * cols} pixel bytes")
+        raise UsageError(f"{path} is truncated: {data.size} of {n * rows * cols} pixel bytes")
     return data.reshape(n, rows, cols, 1)

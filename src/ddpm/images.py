@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import UsageError
 from .schedule import NoiseSchedule
 
 
@@ -162,22 +163,31 @@ def load_labels(path: str | Path) -> torch.Tensor | None:
 def load_images(path: str | Path) -> torch.Tensor:
     """Images from an .npz (arr_0: uint8 N,H,W,C) or a folder of PNGs, as (N, C, H, W) floats in [-1, 1]."""
     path = Path(path)
-    if path.suffix == ".npz":
-        with np.load(path) as f:
+    if path.suffix == ".npz" and path.is_file():
+        try:
+            f = np.load(path)
+        except (OSError, ValueError) as err:  # not a zip, or pickled objects
+            raise UsageError(f"{path} cannot be read as an .npz file ({err}).") from None
+        with f:
             if "arr_0" not in f:
-                raise ValueError(f"{path} has no arr_0; samples .npz files hold arr_0: uint8 (N, H, W, C).")
+                raise UsageError(f"{path} has no arr_0; samples .npz files hold arr_0: uint8 (N, H, W, C).")
             arr = f["arr_0"]
     elif path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".png")
         if not files:
-            raise ValueError(f"{path} holds no .png files.")
-        arr = np.stack([np.asarray(Image.open(p)) for p in files])
+            raise UsageError(f"{path} holds no .png files.")
+        arrays = [np.asarray(Image.open(p)) for p in files]
+        shapes = sorted({a.shape for a in arrays})
+        if len(shapes) > 1:
+            raise UsageError(f"the PNGs in {path} differ in size or mode ({shapes[0]} and {shapes[1]}); "
+                             "samples to score must all have one shape.")
+        arr = np.stack(arrays)
         if arr.ndim == 3:
             arr = arr[..., None]
     else:
-        raise ValueError(f"{path} is neither an .npz file nor a folder of PNGs.")
+        raise UsageError(f"{path} is neither an .npz file nor a folder of PNGs.")
     if arr.dtype != np.uint8 or arr.ndim != 4:
-        raise ValueError(f"{path}: expected uint8 images of shape (N, H, W, C), got {arr.dtype} {arr.shape}.")
+        raise UsageError(f"{path}: expected uint8 images of shape (N, H, W, C), got {arr.dtype} {arr.shape}.")
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 

@@ -6,6 +6,8 @@ import contextlib
 
 import torch
 
+from .errors import UsageError
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """"auto" = the first CUDA device if one is usable, else the CPU; otherwise any torch device string."""
@@ -14,9 +16,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        raise ValueError(f"device={name!r} is not a torch device ({err}); use 'auto', 'cpu' or 'cuda'.") from None
+        raise UsageError(f"device={name!r} is not a torch device ({err}); use 'auto', 'cpu' or 'cuda'.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but no CUDA device is available here; use device='auto' or 'cpu'.")
+        raise UsageError(f"device={name!r} but no CUDA device is available here; use device='auto' or 'cpu'.")
     return device
 
 
@@ -41,7 +43,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         return torch.bfloat16
     if precision == "auto":
         return torch.bfloat16 if fast_bf16(device) else None
-    raise ValueError(f"precision={precision!r}; choose 'auto', 'fp32' or 'bf16'.")
+    raise UsageError(f"precision={precision!r}; choose 'auto', 'fp32' or 'bf16'.")
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -41,16 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `ddpm` console script."""
+    """Entry point of the `ddpm` console script: the project's errors are one line and exit code 2.
+
+    Only the project's own error types are a user's mistake; any other exception (a plain
+    ValueError included) is a bug and keeps its traceback.
+    """
     from ..checkpoint import CheckpointError
     from ..config import ConfigError
     from ..data import DatasetNotFoundError
+    from ..errors import UsageError
     from ..run_dir import RunDirBusy
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DatasetNotFoundError, CheckpointError, RunDirBusy, ValueError) as err:
+    except (ConfigError, DatasetNotFoundError, CheckpointError, RunDirBusy, UsageError) as err:
         print(f"ddpm {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import UsageError
 from ..samplers import SAMPLERS
 from .args import bounded, non_negative_int, positive_int
 
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
     wanted = 2 if args.mode == "interpolate" else 1
     if len(args.image) != wanted:
-        raise ValueError(f"ddpm edit {args.mode} takes --image {wanted} time(s), got {len(args.image)}.")
+        raise UsageError(f"ddpm edit {args.mode} takes --image {wanted} time(s), got {len(args.image)}.")
     device = resolve_device(args.device)
     loaded = load_model(args.run, args.checkpoint, device)
     cfg = loaded.model_config

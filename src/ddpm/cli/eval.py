@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError
 from .args import positive_int
 
 
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         report["fid"] = None
         report["fid_unavailable"] = missing
         if args.dataset.lower() != "digits":
-            raise ValueError(missing)
+            raise UsageError(missing)
     print(json.dumps(report, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import UsageError
 from .args import bounded, int_list, non_negative_int, positive_int
 
 
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     bad = [t for t in args.timesteps if not 0 <= t <= args.num_timesteps]
     if bad or not args.timesteps:
-        raise ValueError(f"--timesteps {','.join(map(str, args.timesteps))}: each t must lie in 0 .. {args.num_timesteps} "
+        raise UsageError(f"--timesteps {','.join(map(str, args.timesteps))}: each t must lie in 0 .. {args.num_timesteps} "
                          f"(0 = the clean image, {args.num_timesteps} = x_T); {bad or 'none given'} does not.")
     diff = DiffusionConfig(dataset_name=args.dataset, timesteps_diff=args.num_timesteps, data_root=args.data_root)
     dataset = load_dataset(diff.dataset_name, args.image_size, args.channels, diff.data_root)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import UsageError
 from ..samplers import DEFAULT_SAMPLER, SAMPLERS, SPACINGS, VARIANCES
 from .args import non_negative_float, non_negative_int, positive_int
 
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from ..images import save_grid, save_npz, save_png_folder, trajectory_figure
 
     if args.guidance_scale is not None and args.classes is None:
-        raise ValueError("--guidance-scale steers class-conditional sampling: give --class or --classes too.")
+        raise UsageError("--guidance-scale steers class-conditional sampling: give --class or --classes too.")
     result = generate(args.run, args.checkpoint, args.num_images, seed=args.seed, sampler=args.sampler,
                       num_steps=args.sample_steps, spacing=args.spacing, clip_x0=args.clip_x0,
                       batch_size=args.batch_size, device=args.device, precision=args.precision,

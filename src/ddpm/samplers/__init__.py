@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..config import DEFAULT_SAMPLER
+from ..errors import UsageError
 from ..schedule import NoiseSchedule
 from .base import SPACINGS, Generators, Hook, Model, Step, image_generators, randn, timestep_list
 from .ddim import ddim_sample
@@ -53,7 +54,7 @@ def get_sampler(name: str) -> SamplerSpec:
     try:
         return SAMPLERS[name]
     except KeyError:
-        raise ValueError(f"sampler={name!r}; choose one of {sorted(SAMPLERS)}.") from None
+        raise UsageError(f"sampler={name!r}; choose one of {sorted(SAMPLERS)}.") from None
 
 
 def resolve_steps(name: str, schedule: NoiseSchedule, num_steps: int | None, spacing: str | None = None,
@@ -93,7 +94,7 @@ def run_sampler(
     given = {k: v for k, v in options.items() if v is not None}
     unknown = sorted(set(given) - set(spec.options))
     if unknown:
-        raise ValueError(f"sampler {name!r} takes no {unknown}; it takes {list(spec.options) or 'no options'}.")
+        raise UsageError(f"sampler {name!r} takes no {unknown}; it takes {list(spec.options) or 'no options'}.")
     ts = resolve_steps(name, schedule, num_steps, spacing, start)
     return spec.fn(model, schedule, x_T, generator, timesteps=ts, clip_x0=clip_x0, y=y, hook=hook,
                    progress=progress, **given)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import UsageError
 from ..schedule import NoiseSchedule
 from .base import Generators, Hook, Model, denoise, randn, run_hook
 
@@ -34,7 +35,7 @@ def ddim_sample(
     if not ts:
         raise ValueError("ddim_sample needs at least one timestep.")
     if eta < 0:
-        raise ValueError(f"eta={eta} must be >= 0 (0 = deterministic, 1 = DDPM-like).")
+        raise UsageError(f"eta={eta} must be >= 0 (0 = deterministic, 1 = DDPM-like).")
     abar = schedule.alphas_cumprod.tolist()  # Python floats once: no device sync inside the loop
     model_t = schedule.timesteps.tolist()
     x = x_T.float()

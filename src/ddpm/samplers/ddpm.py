@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import UsageError
 from ..schedule import NoiseSchedule, _gather
 from .base import Generators, Hook, Model, denoise, randn, run_hook
 
@@ -49,7 +50,7 @@ def ddpm_sample(
         (B, C, H, W) float32 samples, roughly in [-1, 1].
     """
     if variance not in VARIANCES:
-        raise ValueError(f"variance={variance!r}; choose one of {VARIANCES}.")
+        raise UsageError(f"variance={variance!r}; choose one of {VARIANCES}.")
     kept = list(range(schedule.num_timesteps - 1, -1, -1)) if timesteps is None else list(timesteps)
     sched = schedule.respace(kept)
     sigma2 = sched.betas if variance == "beta" else sched.posterior_variance
