@@ -177,3 +177,22 @@ def test_a_user_error_is_one_line_and_a_bug_shows_its_traceback(tmp_path, capsys
     monkeypatch.setattr(ddpm.images, "load_images", bug)
     with pytest.raises(ValueError, match="injected bug"):
         main(["eval", str(tmp_path / "no_arr0.npz")])
+
+
+def test_train_without_a_preset_or_dataset_is_refused(tmp_path, capsys, monkeypatch):
+    # The dataclass defaults are the seed's 128x128 model, 800k steps: on the default 8x8 digits that
+    # is never what a user meant. The Python API (train_diffusion(DiffusionConfig(), ...)) is unchanged.
+    import ddpm.training
+    from ddpm.cli import main
+
+    started = []
+    monkeypatch.setattr(ddpm.training, "train_diffusion", lambda d, m: started.append((d, m)))
+    monkeypatch.setattr(ddpm.training, "dry_run", lambda d, m: started.append((d, m)) or {})
+    for extra in ([], ["--dry-run"], ["--max-steps", "10", "--learning-rate", "1e-4"]):
+        assert main(["train", "--out", str(tmp_path / "run"), *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and all(word in err for word in ("--preset demo", "--preset seed", "--dataset")), err
+    assert started == [] and not (tmp_path / "run").exists()
+    assert main(["train", "--preset", "demo", "--out", str(tmp_path / "a")]) == 0
+    assert main(["train", "--dataset", "digits", "--out", str(tmp_path / "b")]) == 0
+    assert [d.dataset_name for d, _ in started] == ["digits", "digits"] and started[0][1].image_size == 16

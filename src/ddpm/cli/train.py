@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 from ..config import PRESETS, DiffusionConfig, ModelConfig
+from ..errors import UsageError
 from .args import add_config_arguments, configs_from_args
 
 
@@ -14,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `ddpm train`."""
     p = sub.add_parser("train", help="train a model; writes a run folder (config, checkpoints, metrics, samples)",
                        description="Train a DDPM. Every DiffusionConfig and ModelConfig field is a flag; a preset "
-                       "sets a starting point that explicit flags override. The run folder receives config.json, "
+                       "sets a starting point that explicit flags override; give --preset, --dataset or both. The run folder receives config.json, "
                        "forward.png, metrics.jsonl, checkpoints/, samples/ and loss.png.")
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named configuration: 'demo' (digits, "
                    "~11 min on 2 CPU cores) or 'seed' (the seed's 128x128 FFHQ model)")
@@ -34,6 +35,13 @@ def run(args: argparse.Namespace) -> int:
     """Train (or, with --dry-run, measure a few steps and print the report)."""
     from ..training import dry_run, train_diffusion
 
+    if args.preset is None and args.dataset_name is None:
+        # The dataclass defaults are the seed's 128x128 U-Net for 800k steps, on the built-in 8x8
+        # digits: hours per thousand steps on a CPU for a task that needs a model 40x smaller.
+        raise UsageError("ddpm train needs --preset demo (the built-in digits, ~11 min on 2 CPU cores), "
+                         "--preset seed (the seed's 128x128 model, for FFHQ) or --dataset NAME (digits, FFHQ, "
+                         "CIFAR10, MNIST or folder:PATH; with --preset or the model flags for its size); "
+                         "with neither it would train the seed's 128x128 model on the 8x8 digits for 800k steps.")
     diff_config, model_config = configs_from_args(args)
     if args.class_conditional and model_config.num_classes == 0:
         from ..data import dataset_class_names
