@@ -167,6 +167,9 @@ class DiffusionConfig:
     tensorboard: bool = _f(True, "also write TensorBoard event files (needs the tensorboard package)")
     sample_every_steps: int = _f(0, "steps between sample grids; 0 = only at the end")
     num_sample_images: int = _f(64, "images in each fixed-seed sample grid; 0 = no grids")
+    eval_every: int = _f(0, "steps between quality evaluations: the EMA model draws eval_samples images with `sampler` and ddpm eval's metrics (FD-digits, precision, recall for digits; FID where Inception is installed) go to metrics.jsonl, TensorBoard and quality.png; 0 = off")
+    eval_samples: int = _f(500, "images drawn at each quality evaluation (more: less noisy scores, more time)")
+    keep_best: bool = _f(False, "with eval_every: also keep the checkpoint of the best evaluation as checkpoints/best.pt")
     sampler: str = _f(DEFAULT_SAMPLER, "sampler of the training-time sample grids, by name (see `ddpm sample --help`)")
     sample_steps: int = _f(0, "network calls per image of that sampler; 0 = its default")
     guidance_scale: float = _f(1.0, "classifier-free guidance of a class-conditional model's samples: 0 = unconditional, 1 = plain conditional, > 1 = guided")
@@ -209,9 +212,13 @@ class DiffusionConfig:
         _require(0.0 < self.snr_gamma <= 1e6, f"DiffusionConfig.snr_gamma={self.snr_gamma} must lie in (0, 1e6] (paper: 5).")
         _require(self.max_steps >= 1, f"DiffusionConfig.max_steps={self.max_steps} must be at least 1.")
         for name in ("warmup_steps", "log_every_steps", "checkpoint_every_steps", "sample_every_steps",
-                     "num_sample_images", "num_workers", "decode_workers", "sample_steps", "keep_checkpoints", "batch_per_device", "max_nonfinite_steps"):
+                     "num_sample_images", "num_workers", "decode_workers", "sample_steps", "keep_checkpoints", "batch_per_device", "max_nonfinite_steps",
+                     "eval_every"):
             v = getattr(self, name)
             _require(isinstance(v, int) and v >= 0, f"DiffusionConfig.{name}={v!r} must be a non-negative integer.")
+        _require(self.eval_samples >= 2, f"DiffusionConfig.eval_samples={self.eval_samples} must be at least 2 (a covariance needs 2).")
+        _require(not self.keep_best or self.eval_every > 0,
+                 "DiffusionConfig.keep_best=True needs eval_every > 0: the best checkpoint is chosen by those evaluations.")
         _require(self.batch_per_device == 0 or self.batch_size % self.batch_per_device == 0,
                  f"DiffusionConfig.batch_per_device={self.batch_per_device} does not divide batch_size="
                  f"{self.batch_size}; pick a divisor (or 0 for no gradient accumulation).")
@@ -250,7 +257,7 @@ RESUME_MUTABLE_FIELDS = frozenset({
     "max_steps", "out_dir", "resume", "data_root", "cache_dir", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
     "sample_every_steps", "num_sample_images", "num_workers", "device", "tensorboard", "extra",
     "batch_per_device", "activation_checkpointing", "compile_model", "compile_mode", "channels_last",
-    "max_nonfinite_steps", "decode_workers",
+    "max_nonfinite_steps", "decode_workers", "eval_every", "eval_samples", "keep_best",
     # Sampling-only settings: no training state depends on them.
     "sample_variance", "clip_x0", "sampler", "sample_steps", "guidance_scale",
 })

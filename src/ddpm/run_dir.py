@@ -87,6 +87,15 @@ class RunDir:
     def loss_figure_path(self) -> Path:
         return self.path / "loss.png"
 
+    @property
+    def quality_figure_path(self) -> Path:
+        return self.path / "quality.png"
+
+    @property
+    def best_checkpoint_path(self) -> Path:
+        """RUN_DIR/checkpoints/best.pt: the best-evaluated checkpoint (keep_best); never pruned or resumed."""
+        return self.checkpoints_dir / "best.pt"
+
     def checkpoint_path(self, step: int) -> Path:
         """RUN_DIR/checkpoints/step_XXXXXXXX.pt"""
         return self.checkpoints_dir / f"step_{step:08d}.pt"

@@ -36,6 +36,7 @@ from ..config import (
 from ..generation import rows_of_classes, sample_images
 from ..images import forward_process_figure, grid_image, loss_curve_figure, save_grid, to_uint8
 from ..monitor import Monitor
+from ..quality import QualityEvaluator, best_row, quality_figure, quality_metric
 from ..run_dir import RunDir, RunDirBusy
 from ..runtime import precision_name
 from ..samplers import get_sampler
@@ -154,6 +155,10 @@ def _train(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig, run_dir: R
             forward_process_figure(torch.stack([trainer.dataset[i] for i in range(n_fig)]), schedule, forward_ts,
                                    run_dir.forward_figure_path, seed=cfg.seed)
     monitor = Monitor(run_dir, cfg.tensorboard, resume_step=start) if main else None
+    evaluator = _quality_evaluator(trainer, cfg, mcfg) if cfg.eval_every and main else None
+    # Training wall-clock (evaluations excluded), continued from the run's last logged row on resume.
+    prior_train_s = next((r["train_s"] for r in reversed(run_dir.metrics()) if "train_s" in r), 0.0) if start else 0.0
+    loop_start, eval_s = time.perf_counter(), 0.0
 
     def save_checkpoint() -> Path:
         state = trainer.state_dict()  # every process reaches this point; only rank 0 writes
@@ -215,12 +220,17 @@ def _train(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig, run_dir: R
                     row.update(lr=trainer.lr_schedule.get_last_lr()[0], grad_norm=float(out["grad_norm"]),
                                ema_decay=out["ema_decay"], nonfinite_steps=trainer.nonfinite_total)
                     row["peak_memory_gb"] = _peak_memory_gb(trainer.device)
+                    row["train_s"] = prior_train_s + time.perf_counter() - loop_start - eval_s
                     if main:
                         monitor.scalars(step, row)
                         bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
                 if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
                     save_checkpoint()
                     last_saved = step
+                if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+                    began = time.perf_counter()
+                    _evaluate(trainer, run_dir, monitor, evaluator, prior_train_s + began - loop_start - eval_s)
+                    eval_s += time.perf_counter() - began
                 if cfg.sample_every_steps and step % cfg.sample_every_steps == 0 and step < cfg.max_steps:
                     save_samples()
                     distributed.barrier()
@@ -262,6 +272,50 @@ def _finish(trainer: Trainer, run_dir: RunDir, stopped_for: str | None, last_sav
     if grid is not None:
         print(f"ddpm: sample grid {grid}")
     return run_dir.path
+
+
+def _quality_evaluator(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig) -> QualityEvaluator | None:
+    """The scorer of this run's samples (built once), or None with one message saying why."""
+    metric, why = quality_metric(cfg.dataset_name, mcfg.image_channels)
+    if metric is None:
+        tqdm.write(f"ddpm: {why}")
+        return None
+    real = None
+    if metric == "fid":
+        n = min(cfg.eval_samples, len(trainer.dataset))
+        real = torch.stack([trainer.dataset[i] for i in range(n)])
+    return QualityEvaluator(metric, real)
+
+
+def _evaluate(trainer: Trainer, run_dir: RunDir, monitor: Monitor | None, evaluator: QualityEvaluator | None,
+              train_s: float) -> None:
+    """One quality evaluation of the EMA model (rank 0 scores; with keep_best every rank joins the
+    checkpoint of a new best): a row in metrics.jsonl, quality.png, and checkpoints/best.pt."""
+    cfg, main = trainer.cfg, trainer.dist.is_main
+    is_best = False
+    if main and evaluator is not None:
+        began = time.perf_counter()
+        n = cfg.eval_samples
+        y = torch.arange(n) % trainer.num_classes if trainer.num_classes else None
+        options = {"variance": cfg.sample_variance} if "variance" in get_sampler(cfg.sampler).options else {}
+        x = sample_images(trainer.ema, trainer.schedule, n, seed=cfg.seed + 1, sampler=cfg.sampler,
+                          num_steps=cfg.sample_steps or None, clip_x0=cfg.clip_x0, batch_size=min(max(cfg.batch_size, 64), 256),
+                          y=y, guidance_scale=cfg.guidance_scale,
+                          autocast_dtype=trainer.amp_dtype if trainer.amp_dtype == torch.bfloat16 else None, **options)
+        scores = evaluator(x)
+        earlier = best_row(run_dir.metrics(), evaluator.metric)
+        is_best = earlier is None or scores[evaluator.metric] < earlier[evaluator.metric]
+        monitor.scalars(trainer.step, {**scores, "eval_samples": n, "train_s": train_s,
+                                       "eval_s": time.perf_counter() - began})
+        rows = [r for r in run_dir.metrics() if evaluator.metric in r]
+        quality_figure(rows, evaluator.metric, run_dir.quality_figure_path)
+        tqdm.write(f"ddpm: step {trainer.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
+                   + (" (best so far)" if is_best else ""))
+    if cfg.keep_best and distributed.broadcast_flag(is_best, trainer.device):
+        state = trainer.state_dict()
+        if main:
+            atomic_save(state, run_dir.best_checkpoint_path)
+    distributed.barrier()
 
 
 def _rgb(image: Any) -> np.ndarray:

@@ -1,0 +1,193 @@
+"""Time to quality: train the demo under each recipe and report when its samples first reach
+the quality of today's demo, in steps and in training wall-clock.
+
+    .venv/bin/python benchmarks/time_to_quality.py --out docs/time_to_quality.md \\
+        --json docs/time_to_quality.json --figure docs/figures/time_to_quality.png
+    # as a CPU without AMX/AVX-512 trains (fp32 on AVX2):
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python benchmarks/time_to_quality.py --precision fp32 ...
+    # screening: short runs of a few recipes, one seed
+    .venv/bin/python benchmarks/time_to_quality.py --recipes today,v-minsnr --seeds 0 --max-steps 1500 ...
+
+Each run is `ddpm train --preset demo` with the recipe's flags and `--eval-every 250` (the EMA model
+draws --eval-samples images with the default sampler; FD-digits, precision and recall go to its
+metrics.jsonl). Runs land in --runs/<recipe>-s<seed> and resume, so an interrupted benchmark picks
+up where it stopped; the tables are rewritten after every run. The target is the worst final
+FD-digits of the `today` recipe over its seeds (its seed spread): a recipe reaches it at the first
+evaluation whose FD-digits is at or below it. Wall-clock is training time (`train_s`), evaluations
+excluded, so that the evaluation cost does not count against a recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# name -> extra `ddpm train` flags on top of --preset demo. `today` is the 2020 recipe of the demo.
+RECIPES: dict[str, list[str]] = {
+    "today": [],
+    "v": ["--prediction", "v"],
+    "v-minsnr": ["--prediction", "v", "--loss-weighting", "min-snr"],
+    "eps-minsnr": ["--loss-weighting", "min-snr"],
+    "v-softminsnr": ["--prediction", "v", "--loss-weighting", "soft-min-snr"],
+    "cosine-eps": ["--beta-schedule", "cosine"],
+    "cosine-v-minsnr": ["--beta-schedule", "cosine", "--prediction", "v", "--loss-weighting", "min-snr"],
+    "cosine-v-minsnr-ztsnr": ["--beta-schedule", "cosine", "--zero-terminal-snr", "--prediction", "v",
+                              "--loss-weighting", "min-snr"],
+    # The demo model at half width (~0.42M parameters): ~3x cheaper steps.
+    "v-minsnr-narrow": ["--prediction", "v", "--loss-weighting", "min-snr", "--base-dim", "16", "--norm-groups", "4"],
+}
+
+
+def eval_rows(run: Path) -> list[dict]:
+    """The quality-evaluation rows of a run's metrics.jsonl (a truncated last line is skipped)."""
+    rows = []
+    path = run / "metrics.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "fd_digits" in row:
+                rows.append(row)
+    return rows
+
+
+def train(recipe: str, seed: int, args: argparse.Namespace) -> Path:
+    """Train (or resume) one recipe and seed; returns its run folder."""
+    run = Path(args.runs) / f"{recipe}-s{seed}"
+    cmd = [sys.executable, "-m", "ddpm", "train", "--preset", "demo", "--out", str(run), "--resume", "--seed", str(seed),
+           "--eval-every", str(args.eval_every), "--eval-samples", str(args.eval_samples), "--precision", args.precision,
+           "--num-sample-images", "64", "--no-tensorboard", *RECIPES[recipe]]
+    if args.max_steps:
+        cmd += ["--max-steps", str(args.max_steps)]
+    print("+", " ".join(cmd), flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    print(f"  {recipe} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
+    return run
+
+
+def summarize(results: dict[str, dict[int, list[dict]]]) -> tuple[float | None, list[dict]]:
+    """The target FD-digits and one summary row per recipe (means over its seeds)."""
+    finals = [rows[-1]["fd_digits"] for rows in results.get("today", {}).values() if rows]
+    target = max(finals) if finals else None
+    table = []
+    for recipe, by_seed in results.items():
+        reached, final = [], []
+        for rows in by_seed.values():
+            if not rows:
+                continue
+            final.append(rows[-1])
+            hit = next((r for r in rows if target is not None and r["fd_digits"] <= target), None)
+            reached.append(hit)
+
+        def mean(key: str, rows: list[dict]) -> float | None:
+            vals = [r[key] for r in rows if r is not None and key in r]
+            return sum(vals) / len(vals) if vals and len(vals) == len(rows) else None
+
+        table.append({
+            "recipe": recipe, "seeds": len(final), "reached": sum(r is not None for r in reached),
+            "steps_to_target": mean("step", reached), "minutes_to_target": None if (secs := mean("train_s", reached)) is None else secs / 60,
+            "final_step": mean("step", final), "final_fd": mean("fd_digits", final),
+            "final_fd_spread": (min(r["fd_digits"] for r in final), max(r["fd_digits"] for r in final)) if final else None,
+            "final_precision": mean("precision", final), "final_recall": mean("recall", final),
+        })
+    return target, table
+
+
+def write(results: dict[str, dict[int, list[dict]]], args: argparse.Namespace, command: str) -> None:
+    target, table = summarize(results)
+
+    def fmt(v, spec=".1f"):
+        return "-" if v is None else format(v, spec)
+
+    lines = [
+        "# Time to quality: the demo under each training recipe",
+        "",
+        f"Command: `{command}` ({time.strftime('%Y-%m-%d')}; CPU capability "
+        f"{os.environ.get('ATEN_CPU_CAPABILITY', 'native')}, oneDNN ISA {os.environ.get('ONEDNN_MAX_CPU_ISA', 'native')}, "
+        f"precision {args.precision}; {args.eval_samples} samples per evaluation, every {args.eval_every} steps).",
+        "",
+        f"Target: FD-digits <= {fmt(target, '.2f')}, the worst final score of `today` over its seeds. "
+        "Minutes are training wall-clock, evaluations excluded; means over the seeds that reached the target "
+        "('-' where not all did).",
+        "",
+        "| recipe | seeds reaching target | steps to target | minutes to target | final step | final FD-digits (min..max) | precision | recall |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in table:
+        spread = r["final_fd_spread"]
+        lines.append(
+            f"| {r['recipe']} | {r['reached']}/{r['seeds']} | {fmt(r['steps_to_target'], '.0f')} | {fmt(r['minutes_to_target'])} "
+            f"| {fmt(r['final_step'], '.0f')} | {fmt(r['final_fd'], '.2f')} ({fmt(spread and spread[0], '.2f')}..{fmt(spread and spread[1], '.2f')}) "
+            f"| {fmt(r['final_precision'], '.3f')} | {fmt(r['final_recall'], '.3f')} |")
+    lines.append("")
+    lines.append("Recipes (flags on top of `--preset demo`): " + "; ".join(
+        f"`{name}`: `{' '.join(RECIPES[name]) or '(none)'}`" for name in results))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text("\n".join(lines) + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"target": target, "table": table, "rows": results}, indent=1) + "\n")
+    if args.figure:
+        from ddpm.images import pyplot, save_figure
+
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for i, (recipe, by_seed) in enumerate(results.items()):
+            for j, rows in enumerate(by_seed.values()):
+                ax.plot([r["train_s"] / 60 for r in rows], [r["fd_digits"] for r in rows], color=f"C{i}",
+                        label=recipe if j == 0 else None, alpha=0.85, marker=".")
+        if target is not None:
+            ax.axhline(target, color="k", ls="--", lw=0.8, label="target")
+        ax.set_yscale("log")
+        ax.set_xlabel("training wall-clock (min)")
+        ax.set_ylabel("FD-digits (lower is better)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        save_figure(fig, args.figure)
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of {', '.join(RECIPES)}")
+    parser.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
+    parser.add_argument("--max-steps", type=int, default=0, help="train each run this long (0 = the demo's 4000)")
+    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--eval-samples", type=int, default=500)
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--runs", default="runs/ttq", help="folder of the benchmark's run folders")
+    parser.add_argument("--out", help="markdown table")
+    parser.add_argument("--json", help="every evaluation row, by recipe and seed")
+    parser.add_argument("--figure", help="FD-digits against training wall-clock, one line per run")
+    parser.add_argument("--no-train", action="store_true", help="only summarize the runs already in --runs")
+    args = parser.parse_args()
+    unknown = [r for r in args.recipes.split(",") if r not in RECIPES]
+    if unknown:
+        parser.error(f"unknown recipe(s) {unknown}; choose from {list(RECIPES)}")
+    command = "python benchmarks/time_to_quality.py " + " ".join(sys.argv[1:])
+    results: dict[str, dict[int, list[dict]]] = {}
+    recipes = args.recipes.split(",")
+    if "today" in recipes:  # the target comes from `today`: train it first
+        recipes.remove("today")
+        recipes.insert(0, "today")
+    for recipe in recipes:
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            run = Path(args.runs) / f"{recipe}-s{seed}"
+            if not args.no_train:
+                train(recipe, seed, args)
+            rows = eval_rows(run)
+            if rows:
+                results.setdefault(recipe, {})[seed] = rows
+                write(results, args, command)
+
+
+if __name__ == "__main__":
+    main()
