@@ -131,3 +131,30 @@ def test_eval_cli_reports_digits_metric_and_says_why_fid_is_missing(tmp_path, cl
     assert report["num_samples"] == 64 and report["digits"]["num_samples"] == 64
     if inception_status() is not None:
         assert report["fid"] is None and "Inception" in report["fid_unavailable"]
+
+
+def _npz(path, shape, seed=0):
+    np.savez(path, arr_0=np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8))
+    return str(path)
+
+
+def test_eval_reports_fd_digits_only_for_digit_like_samples(tmp_path, capsys, monkeypatch):
+    # FD-digits is defined on 16x16 grayscale digits: RGB or other sizes must not get a digits score.
+    import ddpm.metrics
+    from ddpm.cli import main
+
+    absent = "FID/KID need torch-fidelity's Inception-v3 (not here)."
+    monkeypatch.setattr(ddpm.metrics, "inception_status", lambda: absent)
+    for shape in ((20, 16, 16, 3), (20, 32, 32, 1), (20, 8, 8, 1)):
+        assert main(["eval", _npz(tmp_path / "s.npz", shape)]) == 2, shape
+        out = capsys.readouterr()
+        assert "fd_digits" not in out.out and out.err.count("\n") == 1, (shape, out)
+        assert "16x16 grayscale" in out.err and "Inception" in out.err, out.err
+    # With Inception present (stood in for by a fixed projection), RGB samples get FID, not FD-digits.
+    monkeypatch.setattr(ddpm.metrics, "inception_status", lambda: None)
+    monkeypatch.setattr(ddpm.metrics, "inception_features",
+                        lambda x: x.flatten(1)[:, :: x[0].numel() // 6].double().numpy())
+    assert main(["eval", _npz(tmp_path / "s.npz", (20, 16, 16, 3)), "--max-reference", "50"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "digits" not in report and "16x16 grayscale" in report["digits_unavailable"]
+    assert report["fid"] > 0 and report["num_reference"] == 50

@@ -209,6 +209,16 @@ def class_accuracy(samples: torch.Tensor, labels: torch.Tensor, classifier: Digi
     return {"overall": float(hit.mean()), "per_class": per, "counts": {int(c): int((labels == c).sum()) for c in labels.unique()}}
 
 
+def digits_mismatch(samples: torch.Tensor) -> str | None:
+    """None if (N, C, H, W) samples are what the digits metric is defined on (one channel,
+    CLASSIFIER_SIZE square, as the demo draws), else a line saying why they are not."""
+    c, h, w = samples.shape[1:]
+    if c == 1 and h == w == CLASSIFIER_SIZE:
+        return None
+    return (f"FD-digits scores {CLASSIFIER_SIZE}x{CLASSIFIER_SIZE} grayscale digits (as the demo draws); these samples "
+            f"are {h}x{w} with {c} channel(s), so it does not apply.")
+
+
 @torch.no_grad()
 def digits_score(samples: torch.Tensor, classifier: DigitsClassifier | None = None, accuracy: float | None = None) -> DigitsScore:
     """Score (N, C, H, W) samples in [-1, 1] against the reference half of the built-in digits."""

@@ -15,8 +15,8 @@ from .args import positive_int
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `ddpm eval`."""
     p = sub.add_parser("eval", help="sample-quality metrics of a samples file against a dataset",
-                       description="Score samples (.npz with arr_0, or a folder of PNGs). For --dataset digits: "
-                       "FD-digits (Fréchet distance of a project-trained digits classifier's features against a fixed "
+                       description="Score samples (.npz with arr_0, or a folder of PNGs). For --dataset digits and 16x16 "
+                       "grayscale samples (as the demo draws; others are not scored as digits): FD-digits (Fréchet distance of a project-trained digits classifier's features against a fixed "
                        "half of the 1,797 digits), the classifier's confidence and class coverage, and, when the .npz has "
                        "arr_1 (class-conditional samples), how often each sample is the digit asked for. For any dataset: FID and KID "
                        "with Inception-v3 when torch-fidelity and its weights are on this machine (nothing is "
@@ -32,16 +32,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Compute the metrics and print them as JSON."""
     from ..images import load_images, load_labels
-    from ..metrics import class_accuracy, digits_score, inception_status
+    from ..metrics import class_accuracy, digits_mismatch, digits_score, inception_status
 
     samples = load_images(args.samples)
     labels = load_labels(args.samples)
     report: dict[str, Any] = {"samples": str(args.samples), "num_samples": len(samples), "dataset": args.dataset}
     if args.dataset.lower() == "digits":
-        score = digits_score(samples)
-        report["digits"] = dataclasses.asdict(score)
-        if labels is not None:  # class-conditional samples: were they the digit asked for?
-            report["class_accuracy"] = class_accuracy(samples, labels)
+        # The classifier would take any image (RGB averaged, resized): only digit-like samples get a score.
+        not_digits = digits_mismatch(samples)
+        if not_digits is None:
+            report["digits"] = dataclasses.asdict(digits_score(samples))
+            if labels is not None:  # class-conditional samples: were they the digit asked for?
+                report["class_accuracy"] = class_accuracy(samples, labels)
+        else:
+            report["digits_unavailable"] = not_digits
     missing = inception_status()
     if missing is None:
         import numpy as np
@@ -64,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         report["fid"] = None
         report["fid_unavailable"] = missing
-        if args.dataset.lower() != "digits":
-            raise UsageError(missing)
+        if "digits" not in report:
+            raise UsageError(f"no metric applies to {args.samples}: " + " ".join(filter(None, (
+                report.get("digits_unavailable"), missing))))
     print(json.dumps(report, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
