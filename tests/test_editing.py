@@ -77,14 +77,103 @@ def test_inpainting_keeps_the_known_pixels_exactly(resample):
     assert not torch.equal(out, x)
 
 
-def test_inpainting_a_gaussian_fills_in_its_distribution():
-    # Pixels independent: the filled ones must follow N(MU, S^2) whatever the known ones are.
+# A correlated Gaussian x0 ~ N(MU3, SIGMA3): pixel 0 is kept, pixels 1 and 2 are filled. With the
+# exact denoiser every RePaint step is linear-Gaussian, so its output's law is known in closed form.
+# (Independent pixels could not test the kept ones: nothing they do reaches the filled ones.) That
+# law is RePaint's, not p(filled | kept): RePaint approaches the exact conditional only as it
+# resamples, which the second test checks on the closed form.
+MU3 = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64)
+_L3 = torch.tensor([[0.5, 0.0, 0.0], [0.4, 0.3, 0.0], [-0.2, 0.25, 0.3]], dtype=torch.float64)
+SIGMA3 = _L3 @ _L3.T  # correlations 0.8 and -0.46 between the kept pixel and the filled ones
+
+
+def correlated_gaussian_eps(schedule: NoiseSchedule):
+    """E[eps | x_t] for x0 ~ N(MU3, SIGMA3) on (B, 1, 1, 3) images: sigma (a^2 SIGMA + sigma^2 I)^-1 (x_t - a MU)."""
+    abar = schedule.alphas_cumprod.double().view(-1, 1, 1)
+    precision = torch.linalg.inv(abar * SIGMA3 + (1 - abar) * torch.eye(3, dtype=torch.float64))  # Cov[x_t]^-1, (T, 3, 3)
+
+    def model(x, t):
+        a, v = abar[t].sqrt(), 1 - abar[t]
+        r = x.double().view(-1, 3, 1) - a * MU3.view(3, 1)
+        return (v.sqrt() * precision[t] @ r).view(x.shape)
+
+    return model
+
+
+def repaint_law(schedule: NoiseSchedule, keep: torch.Tensor, value: torch.Tensor, jump_length: int,
+                resample: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance of RePaint's filled pixels, propagated in float64 through the walk.
+
+    Down from level L (index i = L - 1): the filled pixels get the ancestral step
+    c1_i E[x0 | x_L] + c2_i x_L + sqrt(beta_i) z, the kept ones a fresh draw of q(x_{L-1} | x0)
+    (RePaint Algorithm 1); up from level L: q(x_{L+1} | x_L).
+    """
+    ab, al, be = (schedule.alphas_cumprod.double(), schedule.alphas.double(), schedule.betas.double())
+    c1, c2 = schedule.posterior_mean_coef1.double(), schedule.posterior_mean_coef2.double()
+    eye = torch.eye(3, dtype=torch.float64)
+    fill, kept = torch.diag((~keep).double()), torch.diag(keep.double())
+    x0_kept = kept @ value
+    m, c = torch.zeros(3, dtype=torch.float64), eye.clone()  # x_T ~ N(0, I)
+    a = ab.sqrt().view(-1, 1, 1)
+    gains = a * SIGMA3 @ torch.linalg.inv(a * a * SIGMA3 + (1 - a * a) * eye)  # E[x0 | x_t] = MU + gain (x_t - a MU)
+    levels = repaint_levels(schedule.num_timesteps, jump_length, resample)
+    for now, nxt in zip(levels, levels[1:], strict=False):
+        if nxt > now:
+            m, c = al[now].sqrt() * m, al[now] * c + be[now] * eye
+            continue
+        i = now - 1
+        gain = gains[i]
+        step = fill @ (c1[i] * gain + c2[i] * eye)
+        shift = fill @ (c1[i] * (MU3 - ab[i].sqrt() * gain @ MU3))
+        a_prev, v_prev = (ab[i - 1].sqrt(), 1 - ab[i - 1]) if i > 0 else (1.0, 0.0)
+        m = step @ m + shift + a_prev * x0_kept
+        c = step @ c @ step.T + (be[i] if i > 0 else 0.0) * fill + v_prev * kept
+    return m[~keep], c[~keep][:, ~keep]
+
+
+def conditional_law(keep: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact law of the filled pixels given the kept ones under N(MU3, SIGMA3)."""
+    s_fk, s_kk = SIGMA3[~keep][:, keep], SIGMA3[keep][:, keep]
+    mean = MU3[~keep] + s_fk @ torch.linalg.solve(s_kk, value[keep] - MU3[keep])
+    return mean, SIGMA3[~keep][:, ~keep] - s_fk @ torch.linalg.solve(s_kk, s_fk.T)
+
+
+def test_inpainting_a_correlated_gaussian_matches_its_closed_form():
+    # Few, large steps, so that the kept pixels' noise level matters: noising them to level L
+    # instead of L - 1 moves the filled pixels' mean by 13 standard errors at this n (seen).
+    s = NoiseSchedule(10, 0.01, 0.9)
+    keep = torch.tensor([True, False, False])
+    value = torch.tensor([2.0, 0.0, 0.0], dtype=torch.float64)  # 3.4 standard deviations above MU3[0]
+    n = 4000
+    x = value.expand(n, 1, 1, 3).clone()
+    mask = (~keep).double().view(1, 1, 1, 3)
+    out = inpaint(correlated_gaussian_eps(s), s, x, mask, torch.Generator().manual_seed(0), jump_length=2,
+                  resample=3, clip_x0=False)
+    assert torch.equal(out[..., 0], x[..., 0].float())
+    filled = out[:, 0, 0, 1:].double()  # (n, 2)
+    mean, cov = repaint_law(s, keep, value, jump_length=2, resample=3)
+    # Standard errors of a sample mean and a sample covariance entry of a Gaussian, n draws.
+    se_mean = (cov.diag() / n).sqrt()
+    se_cov = ((cov.diag().outer(cov.diag()) + cov**2) / n).sqrt()
+    assert ((filled.mean(0) - mean).abs() < 5 * se_mean).all(), (filled.mean(0), mean, se_mean)
+    assert ((filled.T.cov() - cov).abs() < 5 * se_cov).all(), (filled.T.cov(), cov, se_cov)
+
+
+def test_repaint_resampling_brings_the_fill_to_the_exact_conditional():
+    # The closed form above, at the seed's schedule: plain replacement (U = 1) misses most of the
+    # kept pixel's pull on the filled ones (mean off by 0.15); resampling, RePaint's point, brings
+    # the fill to p(filled | kept): mean within 0.015, covariance within 0.003 at J = 1, U = 10.
     s = NoiseSchedule(200, 5e-4, 0.1)
-    x = torch.full((2000, 1, 1, 2), 0.9, dtype=torch.float64)
-    mask = torch.tensor([0.0, 1.0], dtype=torch.float64).view(1, 1, 1, 2)
-    out = inpaint(gaussian_eps(s), s, x, mask, torch.Generator().manual_seed(0), clip_x0=False)
-    filled = out[..., 1].flatten()
-    assert abs(filled.mean().item() - MU) < 0.03 and abs(filled.var().item() - S**2) < 0.03
+    keep = torch.tensor([True, False, False])
+    value = torch.tensor([0.9, 0.0, 0.0], dtype=torch.float64)
+    exact_mean, exact_cov = conditional_law(keep, value)
+    gaps = []
+    for jump_length, resample in ((1, 1), (5, 10), (1, 10)):
+        mean, cov = repaint_law(s, keep, value, jump_length, resample)
+        gaps.append(((mean - exact_mean).abs().max().item(), (cov - exact_cov).abs().max().item()))
+    (mean_gaps, cov_gaps) = zip(*gaps, strict=True)
+    assert mean_gaps[0] > 0.1 and mean_gaps[-1] < 0.02 and cov_gaps[-1] < 0.005, gaps
+    assert list(mean_gaps) == sorted(mean_gaps, reverse=True) and list(cov_gaps) == sorted(cov_gaps, reverse=True), gaps
 
 
 def test_img2img_strength_zero_is_the_input_and_one_is_sampling():
