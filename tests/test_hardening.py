@@ -4,7 +4,9 @@ survived with a clear message, and nothing already written is lost."""
 from __future__ import annotations
 
 import errno
+import math
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -21,8 +23,10 @@ import ddpm.checkpoint as checkpoint_module
 from ddpm import ConfigError, DiffusionConfig, ModelConfig, train_diffusion
 from ddpm.checkpoint import CheckpointWriteError, atomic_save, load_checkpoint
 from ddpm.cli import main as cli_main
+from ddpm.config import EMBEDDING_PLACEMENTS, LOSS_WEIGHTINGS, PRECISIONS, SAMPLE_VARIANCES
 from ddpm.image_files import cached_folder
 from ddpm.run_dir import RunDir, RunDirBusy
+from ddpm.samplers import SAMPLERS
 from ddpm.training import Trainer
 
 # The lock ----------------------------------------------------------------------------------------
@@ -128,31 +132,143 @@ def test_a_truncated_cache_is_rebuilt_not_used(tmp_path):
 
 
 # Every bad number --------------------------------------------------------------------------------
+# Each field's documented range (its help text, so its --help), written out here independently of
+# config.py: configs drawn inside every range must build, and a config with one or two fields drawn
+# outside must raise a ConfigError that names one of them.
 
-ints = st.one_of(st.integers(-3, 300), st.sampled_from([0, 1, 2, 10**9]))
-floats = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, 1e-4, 0.5, 1.0]))
+NAN_INF = st.sampled_from([math.nan, math.inf, -math.inf])
+NOT_AN_INT = st.sampled_from(["3", 1.5, True, None, [1]])
+NOT_A_NUMBER = st.sampled_from(["0.1", True, None, [0.1]])
 
 
-@settings(max_examples=150, deadline=None)
-@given(batch_size=ints, timesteps=ints, lr=floats, beta_start=st.one_of(st.none(), floats), ema=floats,
-       warmup=ints, keep=ints, grad_clip=floats, steps=ints, dropout=floats, base=ints, low=ints,
-       mults=st.lists(st.integers(-1, 4), max_size=4), attn=st.lists(st.integers(-1, 4), max_size=3),
-       groups=ints, wrong=st.sampled_from([None, "x", 1.5, True, [1]]))
-def test_generated_configs_are_valid_or_a_config_error(batch_size, timesteps, lr, beta_start, ema, warmup, keep,
-                                                        grad_clip, steps, dropout, base, low, mults, attn, groups, wrong):
-    for build in (
-        lambda: DiffusionConfig(batch_size=batch_size, timesteps_diff=timesteps, learning_rate=lr, beta_start=beta_start,
-                                ema_decay=ema, warmup_steps=warmup, keep_checkpoints=keep, grad_clip=grad_clip,
-                                max_steps=steps, sample_steps=min(steps, 5)),
-        lambda: ModelConfig(dropout=dropout, base_dim=base, lowest_resolution_size=low, dim_multiply=mults,
-                            transformer_layers=attn, norm_groups=groups),
-        lambda: DiffusionConfig(max_steps=wrong),
-        lambda: ModelConfig(base_dim=wrong),
-    ):
-        try:
-            build()
-        except ConfigError:
-            pass
+def _ints(low: int, high: int = 10**9) -> tuple[st.SearchStrategy, st.SearchStrategy]:
+    """(inside, outside) for an integer field with values low .. high."""
+    return st.integers(low, high), st.one_of(st.integers(-(10**9), low - 1), NOT_AN_INT)
+
+
+def _floats(low: float, high: float | None = None, low_open: bool = False, high_open: bool = True):
+    """(inside, outside) for a float field in [low, high) (or (low, ...]; None = no upper bound but
+    finite): NaN and inf are outside."""
+    inside = st.floats(low, high, exclude_min=low_open, exclude_max=high is not None and high_open,
+                       allow_nan=False, allow_infinity=False)
+    outside = [st.floats(max_value=low, exclude_max=not low_open, allow_infinity=False), NAN_INF, NOT_A_NUMBER]
+    if high is not None:
+        outside.append(st.floats(min_value=high, exclude_min=not high_open, allow_infinity=False))
+    return inside, st.one_of(*outside)
+
+
+def _choice(options) -> tuple[st.SearchStrategy, st.SearchStrategy]:
+    return st.sampled_from(sorted(options)), st.one_of(st.text(max_size=12).filter(lambda s: s not in options),
+                                                       st.sampled_from([None, 1]))
+
+
+DIFFUSION_RANGES = {
+    "learning_rate": _floats(0.0, low_open=True),
+    "ema_decay": _floats(0.0, 1.0),
+    "grad_clip": _floats(0.0),
+    "weight_decay": _floats(0.0),
+    "snr_gamma": _floats(0.0, 1e6, low_open=True, high_open=False),
+    "class_dropout": _floats(0.0, 1.0),
+    "guidance_scale": _floats(0.0, 1000.0),
+    "max_steps": _ints(1),
+    "eval_samples": _ints(2),
+    **{name: _ints(0) for name in ("warmup_steps", "log_every_steps", "checkpoint_every_steps", "sample_every_steps",
+                                   "num_sample_images", "keep_checkpoints", "max_nonfinite_steps", "eval_every",
+                                   "num_workers", "decode_workers")},
+    "precision": _choice(PRECISIONS),
+    "sampler": _choice(SAMPLERS),
+    "sample_variance": _choice(SAMPLE_VARIANCES),
+    "loss_weighting": _choice(LOSS_WEIGHTINGS),
+    "crop_mode": _choice(("center", "pad")),
+    "clip_x0": (st.booleans(), st.sampled_from([0, 1, "yes", None])),
+}
+# Fields whose range depends on another field: drawn together in diffusion_kwargs.
+COUPLED = ("batch_size", "timesteps_diff", "beta_start", "beta_end", "sample_steps", "batch_per_device")
+
+
+@st.composite
+def diffusion_kwargs(draw, broken: frozenset[str]) -> dict:
+    """DiffusionConfig arguments, each field inside its range except those in `broken`."""
+    kw = {name: draw(DIFFUSION_RANGES[name][name in broken]) for name in DIFFUSION_RANGES}
+    bad_int = st.one_of(st.integers(-(10**9), 0), NOT_AN_INT)
+    # batch_per_device divides batch_size; 0 = batch_size at once.
+    per_device, batches = draw(st.integers(0, 10**4)), draw(st.integers(1, 10**4))
+    kw["batch_size"] = draw(bad_int) if "batch_size" in broken else max(per_device, 1) * batches
+    kw["batch_per_device"] = (draw(st.one_of(st.integers(-(10**9), -1), NOT_AN_INT,
+                                             st.integers(kw["batch_size"] + 1, 2 * kw["batch_size"] + 1)))
+                              if "batch_per_device" in broken and type(kw["batch_size"]) is int and kw["batch_size"] > 0
+                              else per_device)
+    # The linear schedule: 0 < beta_start <= beta_end < 1; unset, they scale as 1e-4 and 0.02 * 1000 / T,
+    # which keeps beta_end below 1 from T = 21.
+    t = draw(st.integers(21, 10**5)) if "timesteps_diff" not in broken else draw(st.one_of(st.integers(-5, 1), NOT_AN_INT))
+    kw["timesteps_diff"] = t
+    betas = sorted(draw(st.lists(st.floats(0.0, 1.0, exclude_min=True, exclude_max=True), min_size=2, max_size=2)))
+    kw["beta_start"], kw["beta_end"] = draw(st.sampled_from([(None, None), tuple(betas)]))
+    bad_beta = st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0), st.just(math.nan), NOT_A_NUMBER.filter(bool))
+    for name in ("beta_start", "beta_end"):
+        if name in broken:
+            kw[name] = draw(bad_beta)
+    steps_above = st.integers(t + 1, t + 1000) if type(t) is int and t >= 2 else st.integers(-5, -1)
+    kw["sample_steps"] = (draw(st.one_of(st.integers(-(10**9), -1), steps_above, NOT_AN_INT)) if "sample_steps" in broken
+                          else draw(st.integers(0, max(t, 0) if type(t) is int else 0)))
+    return kw
+
+
+MODEL_RANGES = {
+    "lowest_resolution_size": _ints(1),
+    "image_channels": _ints(1),
+    "num_res_blocks": _ints(1, 8),
+    "num_classes": _ints(0),
+    "dropout": _floats(0.0, 1.0),
+    "embedding_placement": _choice(EMBEDDING_PLACEMENTS),
+}
+MODEL_COUPLED = ("dim_multiply", "transformer_layers", "base_dim", "norm_groups", "attention_heads")
+
+
+@st.composite
+def model_kwargs(draw, broken: frozenset[str]) -> dict:
+    """ModelConfig arguments, each field inside its range except those in `broken`."""
+    kw = {name: draw(MODEL_RANGES[name][name in broken]) for name in MODEL_RANGES}
+    # Every level's width base_dim * m must divide into norm_groups groups and attention_heads heads.
+    mults = draw(st.lists(st.integers(1, 8), min_size=1, max_size=5))
+    groups, heads, k = draw(st.integers(1, 32)), draw(st.integers(1, 8)), draw(st.integers(1, 8))
+    base = groups * heads * k
+    widest = base * max(mults)
+    kw["dim_multiply"] = (draw(st.one_of(st.just([]), st.lists(st.integers(-3, 0), min_size=1, max_size=3).map(lambda b: mults + b),
+                                         st.sampled_from(["1,2", [1.5], [True]])))
+                          if "dim_multiply" in broken else mults)
+    kw["transformer_layers"] = draw(st.lists(st.integers(0, len(mults) - 1), max_size=3))
+    if "transformer_layers" in broken:
+        kw["transformer_layers"] = [*kw["transformer_layers"], draw(st.sampled_from([-1, len(mults), len(mults) + 5]))]
+    kw["base_dim"] = draw(st.one_of(st.integers(-50, 0), NOT_AN_INT)) if "base_dim" in broken else base
+    kw["norm_groups"] = draw(st.one_of(st.integers(-5, 0), st.just(widest + 1), NOT_AN_INT)) if "norm_groups" in broken else groups
+    kw["attention_heads"] = draw(st.one_of(st.integers(-5, 0), st.just(widest + 1), NOT_AN_INT)) if "attention_heads" in broken else heads
+    return kw
+
+
+def _build_or_name(cls, fields, coupled, kwargs_strategy, data):
+    names = st.sampled_from(sorted([*fields, *coupled]))
+    broken = data.draw(st.one_of(st.just(frozenset()), st.frozensets(names, min_size=1, max_size=2)), label="broken")
+    kwargs = data.draw(kwargs_strategy(broken), label="kwargs")
+    if not broken:
+        cls(**kwargs)  # inside every documented range: must build
+        return
+    with pytest.raises(ConfigError) as refused:
+        cls(**kwargs)
+    named = [name for name in broken if re.search(rf"\b{name}\b", str(refused.value))]
+    assert named, (sorted(broken), str(refused.value))
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_diffusion_configs_inside_the_documented_ranges_build_and_others_name_the_field(data):
+    _build_or_name(DiffusionConfig, DIFFUSION_RANGES, COUPLED, diffusion_kwargs, data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_model_configs_inside_the_documented_ranges_build_and_others_name_the_field(data):
+    _build_or_name(ModelConfig, MODEL_RANGES, MODEL_COUPLED, model_kwargs, data)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

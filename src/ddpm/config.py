@@ -8,6 +8,7 @@ rebuilt from its stored ModelConfig.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -106,6 +107,7 @@ class ModelConfig:
                  f"dim_multiply has {levels} levels (indices 0..{levels - 1}, 0 = full resolution); "
                  f"list only those (the bottleneck always has attention).")
         _require(self.norm_groups >= 1, f"ModelConfig.norm_groups={self.norm_groups} must be positive.")
+        _require(self.attention_heads >= 1, f"ModelConfig.attention_heads={self.attention_heads} must be positive (paper: 1).")
         for m in self.dim_multiply:
             ch = self.base_dim * m
             _require(ch % self.norm_groups == 0,
@@ -187,7 +189,8 @@ class DiffusionConfig:
         _check_types(self)
         _require(self.dataset_name.strip() != "",
                  "DiffusionConfig.dataset_name is empty; use 'digits', 'FFHQ', 'CIFAR10', 'MNIST' or 'folder:PATH'.")
-        _require(self.learning_rate > 0, f"DiffusionConfig.learning_rate={self.learning_rate} must be positive (paper: 2e-4).")
+        _require(0 < self.learning_rate < math.inf,
+                 f"DiffusionConfig.learning_rate={self.learning_rate} must be positive and finite (paper: 2e-4).")
         _require(self.batch_size >= 1, f"DiffusionConfig.batch_size={self.batch_size} must be at least 1.")
         _require(self.timesteps_diff >= 2, f"DiffusionConfig.timesteps_diff={self.timesteps_diff} must be at least 2 (paper: 1000).")
         for name in ("beta_start", "beta_end"):
@@ -224,8 +227,8 @@ class DiffusionConfig:
                  f"{self.batch_size}; pick a divisor (or 0 for no gradient accumulation).")
         _require(self.resume is False or self.out_dir is not None,
                  "DiffusionConfig.resume=True needs out_dir: the run folder whose checkpoints to continue.")
-        _require(self.grad_clip >= 0, f"DiffusionConfig.grad_clip={self.grad_clip} must be >= 0 (0 = off).")
-        _require(self.weight_decay >= 0, f"DiffusionConfig.weight_decay={self.weight_decay} must be >= 0.")
+        _require(0 <= self.grad_clip < math.inf, f"DiffusionConfig.grad_clip={self.grad_clip} must be finite and >= 0 (0 = off).")
+        _require(0 <= self.weight_decay < math.inf, f"DiffusionConfig.weight_decay={self.weight_decay} must be finite and >= 0.")
         _require(0.0 <= self.ema_decay < 1.0, f"DiffusionConfig.ema_decay={self.ema_decay} must lie in [0, 1) (paper: 0.9999).")
         _require(self.precision in PRECISIONS, f"DiffusionConfig.precision={self.precision!r}; choose one of {PRECISIONS}.")
         _require(self.compile_mode in COMPILE_MODES,
