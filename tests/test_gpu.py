@@ -99,7 +99,7 @@ def test_collectives_work_over_nccl(monkeypatch):
         torch.testing.assert_close(distributed.all_reduce_mean(x), x)
         torch.testing.assert_close(distributed.all_reduce_sum(x), x)
         assert distributed.broadcast_flag(True, CUDA) is True
-        torch.testing.assert_close(distributed.gather_to_main(x.view(2, 2)), x.view(2, 2).cpu())
+        torch.testing.assert_close(distributed.gather_to_main(x.view(2, 2), 2), x.view(2, 2).cpu())
         distributed.barrier()
     finally:
         dist.destroy_process_group()

@@ -15,8 +15,11 @@ from .errors import UsageError
 from .schedule import NoiseSchedule
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) images in [-1, 1] -> (N, H, W, C) uint8 in 0..255."""
+def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(N, C, H, W) images in [-1, 1] -> (N, H, W, C) uint8 in 0..255; an (N, H, W, C) uint8 array
+    (already converted, as generate() returns images) is returned as it is."""
+    if isinstance(x, np.ndarray) and x.dtype == np.uint8:
+        return x
     x = ((x.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).numpy()
 
@@ -36,15 +39,15 @@ def grid_image(images: np.ndarray, nrow: int | None = None, pad: int = 2, min_si
     return Image.fromarray(canvas[:, :, 0] if c == 1 else canvas)
 
 
-def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
-    """Save (N, C, H, W) images in [-1, 1] as one PNG grid; returns the path."""
+def save_grid(x: torch.Tensor | np.ndarray, path: str | Path, nrow: int | None = None) -> Path:
+    """Save (N, C, H, W) images in [-1, 1] (or to_uint8's (N, H, W, C) uint8) as one PNG grid; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid_image(to_uint8(x), nrow).save(path)
     return path
 
 
-def save_npz(x: torch.Tensor, path: str | Path, meta: dict | None = None, labels: torch.Tensor | None = None) -> Path:
+def save_npz(x: torch.Tensor | np.ndarray, path: str | Path, meta: dict | None = None, labels: torch.Tensor | None = None) -> Path:
     """Save images as guided-diffusion's evaluation .npz: arr_0 uint8 (N, H, W, C) in 0..255, and
     arr_1 the class asked for of each image (class-conditional samples).
 
@@ -143,8 +146,8 @@ def loss_curve_figure(steps: Sequence[int], losses: Sequence[float], path: str |
     return save_figure(fig, path)
 
 
-def save_png_folder(x: torch.Tensor, folder: str | Path, first_index: int = 0) -> Path:
-    """Save each image as FOLDER/NNNNNN.png (numbered from first_index)."""
+def save_png_folder(x: torch.Tensor | np.ndarray, folder: str | Path, first_index: int = 0) -> Path:
+    """Save each image (as save_grid takes them) as FOLDER/NNNNNN.png (numbered from first_index)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(to_uint8(x)):

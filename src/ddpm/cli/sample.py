@@ -90,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
         if result.labels is not None:
             meta.update(guidance_scale=args.guidance_scale if args.guidance_scale is not None
                         else loaded.diffusion_config.guidance_scale, class_names=loaded.class_names)
-        print(f"ddpm: samples {save_npz(x, args.npz, meta, result.labels)} (arr_0: uint8 "
-              f"{tuple(x.shape[i] for i in (0, 2, 3, 1))}" + (", arr_1: the classes asked for)" if result.labels is not None else ")"))
+        print(f"ddpm: samples {save_npz(x, args.npz, meta, result.labels)} (arr_0: uint8 {x.shape}"
+              + (", arr_1: the classes asked for)" if result.labels is not None else ")"))
     if args.png_dir:
         print(f"ddpm: {len(x)} PNGs in {save_png_folder(x, args.png_dir)}")
     if args.trajectory:

@@ -110,7 +110,7 @@ def train_diffusion(diff_config: DiffusionConfig, model_config: ModelConfig) -> 
     try:
         return _run(trainer, cfg, mcfg)
     finally:
-        distributed.teardown()
+        distributed.teardown(trainer.dist)
 
 
 def _run(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig) -> Path:
@@ -386,7 +386,7 @@ def dry_run(cfg: DiffusionConfig, mcfg: ModelConfig, steps: int = 3) -> dict[str
             "peak_memory_gb": _peak_memory_gb(trainer.device),
         }
     finally:
-        distributed.teardown()
+        distributed.teardown(trainer.dist)
     return report
 
 
