@@ -1,0 +1,156 @@
+"""What pays for the demo's fp32 training step on a CPU without native bf16 (AVX2-only), side by side.
+
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python benchmarks/bench_fp32_cpu.py \\
+        --out docs/bench_fp32_cpu.md
+    ... --compile          # also torch.compile (inductor's C++ code; minutes to compile)
+
+Each variant is a real Trainer (the demo preset, precision fp32, the built-in digits) taking its own
+train_step(): data, random draws, loss, backward, clipping, fused AdamW, EMA. Variants alternate
+step by step, so machine noise hits all alike; reported are the median step times and the ratio to
+the baseline. The issue's rule: keep a lever that gains 5% or more. Also a profile of the baseline
+step by operator (torch.profiler), to say where the time goes.
+
+Variants: fp32 (baseline); channels_last; plain attention (two matmuls and a softmax, the path bf16
+takes on the CPU, instead of PyTorch's fused kernel); plain AdamW (the non-fused kernel, for the
+update alone); 1 thread; compile (with --compile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import ddpm.unet
+from ddpm.config import PRESETS, DiffusionConfig, ModelConfig
+from ddpm.training.trainer import Trainer
+
+
+def trainer(tmp: Path, **overrides) -> Trainer:
+    diff, model = PRESETS["demo"]
+    cfg = DiffusionConfig(**{**diff, "precision": "fp32", "num_sample_images": 0, "tensorboard": False,
+                             "out_dir": str(tmp / "run"), "max_steps": 10**6, **overrides})
+    return Trainer(cfg, ModelConfig(**model))
+
+
+@contextlib.contextmanager
+def plain_attention():
+    """The U-Net's attention as two matmuls and a softmax in any dtype (unet._MatmulAttention)."""
+    fused = ddpm.unet.attention
+    ddpm.unet.attention = lambda q, k, v: ddpm.unet._MatmulAttention.apply(q, k, v)
+    try:
+        yield
+    finally:
+        ddpm.unet.attention = fused
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def adamw_step_ms(params: list[torch.nn.Parameter], fused: bool, repeats: int = 30) -> float:
+    """Median time of one AdamW update over params with random gradients."""
+    params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = torch.optim.AdamW(params, lr=1e-3, fused=fused)
+    times = []
+    for _ in range(repeats + 3):
+        start = time.perf_counter()
+        opt.step()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times[3:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per variant (after 5 warm-up steps)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (minutes to compile)")
+    parser.add_argument("--out", help="write the markdown table here")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    variants: dict[str, tuple[Trainer, contextlib.AbstractContextManager | None]] = {
+        "fp32": (trainer(tmp / "a"), None),
+        "fp32 + channels_last": (trainer(tmp / "b", channels_last=True), None),
+        "fp32 + plain attention": (trainer(tmp / "c"), "attention"),
+        "fp32, 1 thread": (trainer(tmp / "d"), "threads"),
+    }
+    if args.compile:
+        variants["fp32 + compile"] = (trainer(tmp / "e", compile_model=True), None)
+
+    def context(kind):
+        return plain_attention() if kind == "attention" else threads(1) if kind == "threads" else contextlib.nullcontext()
+
+    warm = {}
+    for name, (tr, kind) in variants.items():
+        start = time.perf_counter()
+        with context(kind):
+            for _ in range(5):
+                tr.train_step()
+        warm[name] = time.perf_counter() - start
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.steps):
+        for name, (tr, kind) in variants.items():
+            with context(kind):
+                start = time.perf_counter()
+                tr.train_step()
+                times[name].append(time.perf_counter() - start)
+    base = statistics.median(times["fp32"])
+    batch = variants["fp32"][0].cfg.batch_size
+    params = list(variants["fp32"][0].model.parameters())
+    fused_ms, plain_ms = adamw_step_ms(params, True), adamw_step_ms(params, False)
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(5):
+            variants["fp32"][0].train_step()
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops) or 1
+
+    lines = [
+        "# The demo's fp32 training step on the CPU: which levers pay",
+        "",
+        f"Command: `{'ATEN_CPU_CAPABILITY=' + os.environ['ATEN_CPU_CAPABILITY'] + ' ' if 'ATEN_CPU_CAPABILITY' in os.environ else ''}"
+        f"{'ONEDNN_MAX_CPU_ISA=' + os.environ['ONEDNN_MAX_CPU_ISA'] + ' ' if 'ONEDNN_MAX_CPU_ISA' in os.environ else ''}"
+        f"python benchmarks/bench_fp32_cpu.py{' --compile' if args.compile else ''} --steps {args.steps}` "
+        f"({time.strftime('%Y-%m-%d')}; torch {torch.__version__}, CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads). Demo preset "
+        f"(16x16, batch {batch}), precision fp32, median of {args.steps} steps, variants alternating step by step.",
+        "",
+        "| variant | step ms | images/s | vs fp32 | first 5 steps, s |",
+        "|---|---|---|---|---|",
+    ]
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        lines.append(f"| {name} | {1000 * med:.1f} | {batch / med:.0f} | {base / med:.2f}x | {warm[name]:.1f} |")
+    lines += [
+        "",
+        f"AdamW update alone over the demo's {sum(p.numel() for p in params):,} parameters: fused {fused_ms:.2f} ms, "
+        f"plain {plain_ms:.2f} ms ({plain_ms / fused_ms:.2f}x); the step is {1000 * base:.0f} ms.",
+        "",
+        "Where the baseline step's time goes (self CPU time, 5 steps, top 12 operators):",
+        "",
+        "| operator | share | calls |",
+        "|---|---|---|",
+    ]
+    for e in ops[:12]:
+        lines.append(f"| {e.key} | {100 * e.self_cpu_time_total / total:.1f}% | {e.count} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
