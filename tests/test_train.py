@@ -183,3 +183,29 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
 def test_seed_model_config_accepts_lists():
     cfg = ModelConfig(lowest_resolution_size=8, dim_multiply=[1, 2, 2, 4, 8], transformer_layers=[3], base_dim=64)
     assert cfg.dim_multiply == (1, 2, 2, 4, 8) and cfg.image_size == 128
+
+
+def test_train_class_conditional_decodes_a_new_folder_once_before_the_barrier(tmp_path, monkeypatch, capsys):
+    """`ddpm train --class-conditional` reads its classes inside the trainer, where local rank 0 decodes
+    a new folder first and the others wait at the barrier: the command line itself loads no data."""
+    import ddpm.data
+    from ddpm import distributed
+    from ddpm.cli import main
+
+    for name in ("a", "b"):
+        random_png_folder(tmp_path / "imgs" / name, 4)
+    events = []
+    decode, barrier = ddpm.data.cached_folder, distributed.barrier
+    monkeypatch.setattr(ddpm.data, "cached_folder", lambda *a, **k: events.append("decode") or decode(*a, **k))
+    monkeypatch.setattr(distributed, "barrier", lambda: events.append("barrier") or barrier())
+    tiny = ["--dataset", f"folder:{tmp_path / 'imgs'}", "--class-conditional", "--lowest-resolution-size", "4",
+            "--dim-multiply", "1,2", "--transformer-layers", "0", "--base-dim", "8", "--norm-groups", "4",
+            "--image-channels", "1", "--timesteps-diff", "40", "--batch-size", "4", "--precision", "fp32",
+            "--max-steps", "1", "--num-sample-images", "0", "--no-tensorboard", "--cache-dir", str(tmp_path / "cache")]
+    assert main(["train", *tiny, "--labels", "subfolders", "--out", str(tmp_path / "run")]) == 0
+    assert events[:2] == ["decode", "barrier"] and events.count("decode") == 1, events
+    state = load_checkpoint(RunDir(tmp_path / "run").checkpoint_path(1))
+    assert state["model_config"]["num_classes"] == 2 and state["class_names"] == ["a", "b"]
+    # Without labels the trainer says how to get them, before any training.
+    assert main(["train", *tiny, "--out", str(tmp_path / "unlabelled")]) == 2
+    assert "has no class labels" in capsys.readouterr().err

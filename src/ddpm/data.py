@@ -263,16 +263,13 @@ def load_dataset(name: str, image_size: int, channels: int, root: str | None = N
     return loader(spec)
 
 
-def dataset_class_names(cfg, mcfg) -> list[str]:
-    """The class names of the dataset a DiffusionConfig names (for a class-conditional model of it)."""
-    ds = load_dataset(cfg.dataset_name, mcfg.image_size, mcfg.image_channels, cfg.data_root, cfg.crop_mode,
-                      cfg.cache_dir, cfg.decode_workers, cfg.labels)
-    if ds.labels is None:
+def class_names_of(dataset: Dataset, name: str) -> list[str]:
+    """The class names of a loaded dataset (called `name` in errors), for a class-conditional model of it."""
+    if dataset.labels is None:
         hint = " Add labels='subfolders' (--labels subfolders) to make each subfolder a class." \
-            if cfg.dataset_name.startswith("folder:") else ""
-        raise DatasetNotFoundError(f"{cfg.dataset_name!r} has no class labels, so it cannot train a "
-                                   f"class-conditional model.{hint}")
-    return list(ds.class_names)
+            if name.startswith("folder:") else ""
+        raise DatasetNotFoundError(f"{name!r} has no class labels, so it cannot train a class-conditional model.{hint}")
+    return list(dataset.class_names)
 
 
 class BatchStream:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 
 from ..config import PRESETS, DiffusionConfig, ModelConfig
@@ -43,13 +42,9 @@ def run(args: argparse.Namespace) -> int:
                          "CIFAR10, MNIST or folder:PATH; with --preset or the model flags for its size); "
                          "with neither it would train the seed's 128x128 model on the 8x8 digits for 800k steps.")
     diff_config, model_config = configs_from_args(args)
-    if args.class_conditional and model_config.num_classes == 0:
-        from ..data import dataset_class_names
-
-        names = dataset_class_names(diff_config, model_config)
-        model_config = dataclasses.replace(model_config, num_classes=len(names))
+    # The trainer reads the classes from the data, after local rank 0 has decoded it (not here, on every rank).
     if args.dry_run:
-        print(json.dumps(dry_run(diff_config, model_config), indent=2))
+        print(json.dumps(dry_run(diff_config, model_config, class_conditional=args.class_conditional), indent=2))
         return 0
-    train_diffusion(diff_config, model_config)
+    train_diffusion(diff_config, model_config, class_conditional=args.class_conditional)
     return 0

@@ -95,20 +95,21 @@ def _resume_state(run_dir: RunDir, cfg: DiffusionConfig, mcfg: ModelConfig, trai
     return {**state, "_path": path}
 
 
-def train_diffusion(diff_config: DiffusionConfig, model_config: ModelConfig) -> Path:
+def train_diffusion(diff_config: DiffusionConfig, model_config: ModelConfig, class_conditional: bool = False) -> Path:
     """Train a DDPM as the configs describe and return the run folder.
 
     The run folder (DiffusionConfig.out_dir, else runs/<dataset>-<time>) receives config.json,
     forward.png, metrics.jsonl, tensorboard/, checkpoints/step_*.pt, samples/step_*.png and loss.png.
     Everything that can fail on bad input (dataset, device, configs) fails before training starts.
-    Under torchrun, every process calls this; only rank 0 writes files.
+    Under torchrun, every process calls this; only rank 0 writes files. class_conditional with
+    ModelConfig.num_classes = 0 trains a class-conditional model over the dataset's own classes.
     """
     cfg, mcfg = diff_config, model_config
     if not isinstance(cfg, DiffusionConfig) or not isinstance(mcfg, ModelConfig):
         raise TypeError("train_diffusion(diff_config, model_config) takes a DiffusionConfig and a ModelConfig.")
-    trainer = Trainer(cfg, mcfg)
+    trainer = Trainer(cfg, mcfg, class_conditional)
     try:
-        return _run(trainer, cfg, mcfg)
+        return _run(trainer, cfg, trainer.mcfg)
     finally:
         distributed.teardown(trainer.dist)
 
@@ -357,12 +358,14 @@ class _Window:
         return row
 
 
-def dry_run(cfg: DiffusionConfig, mcfg: ModelConfig, steps: int = 3) -> dict[str, Any]:
+def dry_run(cfg: DiffusionConfig, mcfg: ModelConfig, steps: int = 3, class_conditional: bool = False) -> dict[str, Any]:
     """Build everything, time a few training steps, and report; writes nothing.
 
     Returns the resolved configs, parameter count, median seconds per step and peak memory.
+    class_conditional is train_diffusion's.
     """
-    trainer = Trainer(cfg, mcfg)
+    trainer = Trainer(cfg, mcfg, class_conditional)
+    mcfg = trainer.mcfg
     try:
         trainer.train_step()  # warm-up (allocations, autotuning, compilation)
         times = []

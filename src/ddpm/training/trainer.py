@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import warnings
 from typing import Any
 
@@ -26,6 +27,7 @@ from ..data import (
     TensorImages,
     WithLabels,
     apply_flip,
+    class_names_of,
     collate_batch,
     load_dataset,
     to_float,
@@ -74,9 +76,11 @@ class Trainer:
 
     train_step() runs one optimiser step of batch_size images (split over processes and, with
     batch_per_device, over accumulated micro-batches); state_dict() is what a checkpoint stores.
+    class_conditional with mcfg.num_classes = 0 takes as many classes as the dataset has (self.mcfg
+    then holds that number): the data is read here, behind the barrier below, not by the caller.
     """
 
-    def __init__(self, cfg: DiffusionConfig, mcfg: ModelConfig) -> None:
+    def __init__(self, cfg: DiffusionConfig, mcfg: ModelConfig, class_conditional: bool = False) -> None:
         self.cfg, self.mcfg = cfg, mcfg
         # Resolve everything that can fail on bad input before any work.
         self.dist, self.device = distributed.setup(resolve_device(cfg.device))
@@ -93,6 +97,8 @@ class Trainer:
         distributed.barrier()
         if self.dist.local_rank != 0:
             self.dataset = load()
+        if class_conditional and mcfg.num_classes == 0:
+            self.mcfg = mcfg = dataclasses.replace(mcfg, num_classes=len(class_names_of(self.dataset, cfg.dataset_name)))
         self.num_classes = mcfg.num_classes
         self.class_names = self._check_labels() if self.num_classes else []
         if cfg.batch_size % self.dist.world_size:
