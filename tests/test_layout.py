@@ -4,6 +4,7 @@ folder's paths have one owner, and concurrent cache builds do not collide."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -12,10 +13,18 @@ import numpy as np
 import pytest
 import torch
 from conftest import random_png_folder, tiny_diffusion_config, tiny_model_config
+from safetensors.torch import save_file
 
 import ddpm
+import ddpm.checkpoint
 from ddpm import DiffusionConfig, ModelConfig, train_diffusion
-from ddpm.checkpoint import FORMAT_VERSION, CheckpointError, atomic_save, load_checkpoint
+from ddpm.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    atomic_save,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from ddpm.cli.sample import default_grid_path
 from ddpm.config import RENAMED_FIELDS, config_from_dict
 from ddpm.generation import load_model, sample_images
@@ -83,6 +92,33 @@ def test_a_newer_format_is_refused_and_renamed_fields_are_read(tmp_path, monkeyp
     assert config_from_dict(DiffusionConfig, {"lr": 0.5}).learning_rate == 0.5
     with pytest.raises(ddpm.ConfigError, match="unknown field"):
         config_from_dict(DiffusionConfig, {"lr2": 0.5})
+
+
+def test_a_migration_may_rename_the_keys_that_loading_requires(tmp_path, monkeypatch):
+    """Migrations run before the required keys are checked: here a future format 2 whose step from 1
+    renames 'ema_state' and 'model_cfg' (as format 1 would have called them) to 'ema' and 'model_config'."""
+    def lift_1_to_2(state: dict) -> dict:
+        renames = {"ema_state": "ema", "model_cfg": "model_config"}
+        return {renames.get(k, k): v for k, v in state.items()}
+
+    monkeypatch.setattr(ddpm.checkpoint, "FORMAT_VERSION", FORMAT_VERSION + 1)
+    monkeypatch.setitem(ddpm.checkpoint.MIGRATIONS, FORMAT_VERSION, lift_1_to_2)
+    current = load_checkpoint(FIXTURES / "checkpoint_v0.pt")
+    old = {{"ema": "ema_state", "model_config": "model_cfg"}.get(k, k): v for k, v in current.items()}
+    old["format_version"] = FORMAT_VERSION
+    atomic_save(old, tmp_path / "old.pt")
+    state = load_checkpoint(tmp_path / "old.pt")
+    assert state["format_version"] == FORMAT_VERSION + 1 and state["model_config"] == current["model_config"]
+    model, *_ = model_from_checkpoint(tmp_path / "old.pt")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, current["ema"][k]), k
+    # An export of format 1 whose metadata names the config the old way.
+    meta = {"model_cfg": current["model_config"], "diffusion_config": current["diffusion_config"],
+            "step": current["step"], "format_version": FORMAT_VERSION}
+    save_file({k: v.contiguous() for k, v in current["ema"].items()}, str(tmp_path / "old.safetensors"),
+              metadata={k: json.dumps(v) for k, v in meta.items()})
+    model, _, model_config, step = model_from_checkpoint(tmp_path / "old.safetensors")
+    assert step == current["step"] and model_config == config_from_dict(ModelConfig, current["model_config"])
 
 
 def test_sampling_only_fields_may_change_on_resume_and_others_may_not(tmp_path):

@@ -86,10 +86,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated, corrupt, or holding pickled code
         raise CheckpointError(f"Checkpoint {path} cannot be loaded safely ({type(err).__name__}: {str(err)[:300]}).") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"Checkpoint {path} holds a {type(state).__name__}, not a dict; it was not written by ddpm.")
+    # Migrate first: a migration may rename the very keys checked here.
+    state = migrate(state, path)
     missing = [k for k in ("model_config", "diffusion_config", "ema", "step") if k not in state]
     if missing:
         raise CheckpointError(f"Checkpoint {path} lacks {missing}; it was not written by ddpm.")
-    return migrate(state, path)
+    return state
 
 
 def migrate(state: dict[str, Any], source: str | Path) -> dict[str, Any]:
@@ -134,9 +138,18 @@ def _load_safetensors(path: Path, map_location: str | torch.device) -> dict[str,
             ema = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no items())
     except Exception as err:
         raise CheckpointError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err}).") from None
-    if "model_config" not in meta:
+    # Migrate first, then check: a migration may rename model_config. Another tool's metadata need not be JSON.
+    state = migrate({"ema": ema, **{k: _json_or_text(v) for k, v in meta.items()}}, path)
+    if "model_config" not in state:
         raise CheckpointError(f"{path} has no model_config in its metadata; export it with `ddpm export`.")
-    return migrate({"ema": ema, **{k: json.loads(v) for k, v in meta.items()}}, path)
+    return state
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def model_from_checkpoint(
