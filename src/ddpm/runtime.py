@@ -3,10 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import re
 
 import torch
 
 from .errors import UsageError
+
+# The oldest torch this code runs on. The trainer's clipping uses torch.nn.utils.get_total_norm and
+# clip_grads_with_norm_, new in 2.6 (pytorch/pytorch#139662, merged after 2.5 branched); it also
+# needs fused AdamW on the CPU (2.4, #123074) and the fused kernels' grad_scale/found_inf (older).
+TORCH_MINIMUM = (2, 6)
+
+
+def require_torch() -> None:
+    """Raise ImportError naming the installed torch and the fix if it is older than TORCH_MINIMUM."""
+    version = str(torch.__version__)
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if found and tuple(int(part) for part in found.groups()) < TORCH_MINIMUM:
+        need = ".".join(str(part) for part in TORCH_MINIMUM)
+        raise ImportError(f"ddpm needs torch >= {need} (for torch.nn.utils.get_total_norm and clip_grads_with_norm_); "
+                          f"this is torch {version}. Upgrade it: pip install 'torch>={need}' (for a CUDA build, "
+                          "the command at https://pytorch.org/get-started/locally/).")
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -51,7 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     from ..data import DatasetNotFoundError
     from ..errors import UsageError
     from ..run_dir import RunDirBusy
+    from ..runtime import require_torch
 
+    try:
+        require_torch()
+    except ImportError as err:  # not a usage error: the environment lacks what every command needs
+        print(f"ddpm: error: {err}", file=sys.stderr)
+        return 1
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -33,9 +33,11 @@ from ..data import (
     to_float,
 )
 from ..losses import diffusion_loss
-from ..runtime import autocast, resolve_device, resolve_precision
+from ..runtime import autocast, require_torch, resolve_device, resolve_precision
 from ..schedule import NoiseSchedule
 from ..unet import UNet
+
+require_torch()  # on an older torch, fail here with the fix, not at the first step's AttributeError
 
 NUM_LOSS_BUCKETS = 4  # the loss is also logged by quarter of the timestep range
 # A CPU generator's state (Mersenne Twister) is this many bytes; a CUDA one (Philox) is 16. Read a
