@@ -273,3 +273,14 @@ def test_a_checkpoint_written_on_the_same_device_restores_its_generator_exactly(
     resumed = Trainer(_cfg(tmp_path), tiny_model_config())
     resumed.load_state_dict(state)
     assert torch.equal(resumed.generator.get_state(), trainer.generator.get_state())
+
+
+def test_a_truncated_metrics_line_is_skipped_with_a_warning_on_resume(tmp_path):
+    run = train_diffusion(_cfg(tmp_path, max_steps=4, checkpoint_every_steps=4, log_every_steps=1), tiny_model_config())
+    metrics = RunDir(run).metrics_path
+    with metrics.open("a") as f:
+        f.write('{"step": 5, "loss": 0.')  # the process died while writing step 5's row
+    with pytest.warns(UserWarning, match=r"metrics\.jsonl, line 5: .*skipped"):
+        train_diffusion(_cfg(tmp_path, max_steps=6, log_every_steps=1, resume=True), tiny_model_config())
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]  # every line reads again
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]

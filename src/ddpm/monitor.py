@@ -20,11 +20,9 @@ class Monitor:
 
     def __init__(self, run_dir: RunDir, tensorboard: bool = True, resume_step: int | None = None) -> None:
         self.path = run_dir.metrics_path
-        if resume_step is not None and self.path.is_file():
+        if resume_step is not None:
             # Rows logged after the checkpoint we resume from belong to a future that was lost: drop them.
-            rows = [line for line in self.path.read_text().splitlines() if line.strip()]
-            kept = [r for r in rows if json.loads(r).get("step", 0) <= resume_step]
-            self.path.write_text("".join(r + "\n" for r in kept))
+            run_dir.keep_metrics_until(resume_step)
         self._file = self.path.open("a")
         self._tb = None
         if tensorboard:

@@ -184,7 +184,31 @@ class RunDir:
                 path.unlink(missing_ok=True)
 
     def metrics(self) -> list[dict[str, Any]]:
-        """All rows of metrics.jsonl."""
+        """All rows of metrics.jsonl; a line that does not read (a crash mid-write) is skipped with a warning."""
+        return [row for _, row in self._metric_lines()]
+
+    def keep_metrics_until(self, step: int) -> None:
+        """Rewrite metrics.jsonl without the rows logged after `step` (a resumed run's lost future) and
+        without lines that do not read, so that the rows appended next start on a line of their own."""
+        if self.metrics_path.is_file():
+            kept = [line for line, row in self._metric_lines() if row.get("step", 0) <= step]
+            self.metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    def _metric_lines(self) -> list[tuple[str, dict[str, Any]]]:
+        """(line, row) of every readable line of metrics.jsonl."""
         if not self.metrics_path.is_file():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(self.metrics_path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if not isinstance(row, dict):
+                warnings.warn(f"{self.metrics_path}, line {number}: not a complete JSON row (the process was "
+                              f"probably stopped while writing it); skipped: {line[:80]!r}", stacklevel=3)
+                continue
+            rows.append((line, row))
+        return rows
