@@ -285,33 +285,73 @@ def test_every_valid_tiny_config_builds_and_takes_a_step(tmp_path, base, levels,
     assert out["finite"] and trainer.step == 1
 
 
-FLAG_VALUES = st.sampled_from(["-5", "0", "1", "2", "abc", "1.5", "1e9", "nan", "-0.1", ",", "1,,2", "1,a"])
+# Each flag's range, as its --help states it: (command line before the flag, flag, kind, low, high);
+# kind "int", "float" (finite; low excluded for --learning-rate) or "ints" (a comma list, every item in range).
+FLAG_RANGES = [
+    (["sample", "--run", "nowhere"], "--num-images", "int", 1, None),
+    (["sample", "--run", "nowhere"], "--sample-steps", "int", 1, None),
+    (["sample", "--run", "nowhere"], "--batch-size", "int", 1, None),
+    (["sample", "--run", "nowhere"], "--seed", "int", 0, None),
+    (["sample", "--run", "nowhere"], "--eta", "float", 0, None),
+    (["noise"], "--timesteps", "ints", 0, 200),
+    (["noise"], "--num-timesteps", "int", 2, None),
+    (["noise"], "--image-size", "int", 1, 4096),
+    (["train"], "--dim-multiply", "ints", 1, None),
+    (["train"], "--batch-size", "int", 1, None),
+    (["train"], "--timesteps-diff", "int", 21, None),  # the scaled default betas need T >= 21
+    (["train"], "--learning-rate", "float", 0, None),
+    (["train"], "--max-steps", "int", 1, None),
+    (["edit", "img2img", "--run", "nowhere", "--image", "a.png", "--out", "o.png"], "--strength", "float", 0, 1),
+]
+SOME_VALUES = st.one_of(
+    st.sampled_from(["abc", "1.5", "0.5", "1e9", "1e-3", "nan", "inf", "-inf", "-0.1", "", " 3", ",", "1,,2", "1,a",
+                     "[1,2]", "0,66,200"]),
+    st.integers(-3, 30).map(str), st.floats().map(repr))
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(command=st.sampled_from([
-    ["sample", "--run", "nowhere", "--num-images"], ["sample", "--run", "nowhere", "--sample-steps"],
-    ["sample", "--run", "nowhere", "--batch-size"], ["sample", "--run", "nowhere", "--eta"],
-    ["sample", "--run", "nowhere", "--seed"], ["noise", "--timesteps"], ["noise", "--num-timesteps"],
-    ["noise", "--image-size"], ["train", "--dry-run", "--dim-multiply"], ["train", "--dry-run", "--batch-size"],
-    ["train", "--dry-run", "--timesteps-diff"], ["train", "--dry-run", "--learning-rate"],
-    ["train", "--dry-run", "--max-steps"], ["edit", "img2img", "--run", "nowhere", "--image", "a.png", "--out",
-                                            "o.png", "--strength"],
-]), value=FLAG_VALUES)
-def test_command_lines_with_bad_numbers_end_in_a_usage_error(command, value, capsys, tmp_path):
-    # Every bad value ends as exit code 2 with a one-line message, never a traceback from torch or numpy.
-    # (Good values reach the next check: a missing run folder or image, or a dry run of a tiny model.)
-    if command[0] == "train":
-        command = ["train", *TINY, *command[1:]]
-    elif command[0] == "noise":
-        command = ["noise", "--out", str(tmp_path / "f.png"), *command[1:]]
-    argv = [*command, value]
+def _in_range(text: str, kind: str, low: float, high: float | None, flag: str) -> bool:
+    """Whether `text` is a value the flag's help allows (Python's int() and float() read the numbers)."""
+    def allowed(item: str) -> bool:
+        try:
+            value = int(item) if kind in ("int", "ints") else float(item)
+        except ValueError:
+            return False
+        above_low = low < value if flag == "--learning-rate" else low <= value
+        return math.isfinite(value) and above_low and (high is None or value <= high)
+
+    if kind != "ints":
+        return allowed(text)
+    body = text.strip().strip("[]()")
+    return bool(body) and all(allowed(item) for item in body.split(","))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case_and_value=st.sampled_from(FLAG_RANGES).flatmap(
+    lambda case: st.tuples(st.just(case), st.one_of(SOME_VALUES, st.sampled_from(
+        [str(case[3] - 1), str(case[3])] + ([str(case[4] + 1)] if case[4] is not None else []))))))
+def test_command_lines_with_bad_numbers_end_in_one_line_naming_the_flag(case_and_value, capsys, tmp_path):
+    # A value outside the flag's range: exit code 2 and one error line that names the flag (after
+    # argparse's usage synopsis, if the parser caught it). A value inside it gets past every check of
+    # that value: the figure is drawn, or the next check fails in one line (no such run, image folder).
+    # In-process, so any exception but SystemExit fails the test with its traceback.
+    (prefix, flag, kind, low, high), value = case_and_value
+    if prefix[0] == "train":  # both configs are checked before the missing folder is
+        prefix = ["train", *TINY, "--dataset", f"folder:{tmp_path / 'none'}", "--out", str(tmp_path / "run")]
+    elif prefix[0] == "noise":
+        prefix = ["noise", "--out", str(tmp_path / "f.png"), "--num-images", "1", "--image-size", "8"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            code = cli_main(argv)
+            code = cli_main([*prefix, flag, value])
         except SystemExit as exit_:
             code = exit_.code
-    err = capsys.readouterr().err
-    assert code in (0, 2), (argv, code, err)
-    assert "Traceback" not in err
+    lines = capsys.readouterr().err.splitlines()
+    errors = [line for line in lines if re.match(r"ddpm [a-z0-9 ]+: error: ", line)]
+    if _in_range(value, kind, low, high, flag):
+        assert (code, errors) == (0, []) or (code == 2 and lines == errors and len(errors) == 1), (flag, value, code, lines)
+        assert not re.search(rf"argument {flag}\b", "\n".join(errors)), (flag, value, errors)
+        return
+    assert code == 2 and len(errors) == 1 and lines[-1] == errors[0], (flag, value, code, lines)
+    assert all(line.startswith(("usage: ", " ")) for line in lines[:-1]), lines  # argparse's synopsis, if any
+    names = [rf"{flag}(?![\w-])"] + ([rf"\b{flag[2:].replace('-', '_')}\b"] if prefix[0] == "train" else [])
+    assert any(re.search(name, errors[0]) for name in names), (flag, value, errors[0])

@@ -199,7 +199,7 @@ class DiffusionConfig:
         b0, b1 = self.resolved_betas()
         if self.beta_schedule == "linear":
             _require(b0 <= b1, f"DiffusionConfig.beta_start={b0} is above beta_end={b1}; the linear schedule must increase.")
-            _require(b1 < 1.0, f"DiffusionConfig: beta_end resolves to {b1} >= 1 for T={self.timesteps_diff}; "
+            _require(b1 < 1.0, f"DiffusionConfig: beta_end resolves to {b1} >= 1 for timesteps_diff={self.timesteps_diff}; "
                      "the scaled default needs T >= 21; use more timesteps or give beta_end explicitly.")
         _require(self.beta_schedule in BETA_SCHEDULES,
                  f"DiffusionConfig.beta_schedule={self.beta_schedule!r}; choose one of {BETA_SCHEDULES}.")
