@@ -35,7 +35,8 @@ def load_edit_inputs(images: Sequence[str | Path], mask: str | Path | None, imag
     for p in map(Path, images):
         size = _open(p, "Image").size
         first_size = first_size or size
-        xs.append(torch.from_numpy(decode_image(p, image_size, channels, crop)).permute(2, 0, 1).float() / 127.5 - 1)
+        pixels = decode_image(p, image_size, channels, crop).copy()  # writable: torch warns on a read-only array
+        xs.append(torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1)
     m = None
     if mask is not None:
         img = _open(Path(mask), "Mask").convert("L")

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .config import SAMPLE_VARIANCES
 from .samplers import Generators, Model, randn, run_sampler, timestep_list
 from .samplers.base import denoise
 from .samplers.ddim import ddim_sample
@@ -74,8 +75,8 @@ def inpaint(
     Returns:
         (B, C, H, W): x_known where mask = 0, exactly; the model's completion where mask = 1.
     """
-    if variance not in ("beta", "beta_tilde"):
-        raise ValueError(f"variance={variance!r}; choose 'beta' or 'beta_tilde'.")
+    if variance not in SAMPLE_VARIANCES:
+        raise ValueError(f"variance={variance!r}; choose one of {SAMPLE_VARIANCES}.")
     x0 = x_known.float()
     m = mask.to(x0.device, x0.dtype).expand_as(x0)
     sigma2 = schedule.betas if variance == "beta" else schedule.posterior_variance
@@ -120,13 +121,15 @@ def img2img(
     num_steps: int | None = None,
     y: torch.Tensor | None = None,
     progress: bool = False,
+    spacing: str | None = None,
     **options,
 ) -> torch.Tensor:
     """SDEdit: x_t ~ q(x_t | x_input) at t = strength * T, then any sampler from t down to x_0.
 
     strength 0 returns the input unchanged; strength 1 starts from pure noise, which is exactly
     sampling (the same draws as sample_images with the same generators). num_steps counts the
-    network calls from t (None: the sampler's default, at most t + 1).
+    network calls from t (None: the sampler's default, at most t + 1); spacing places them
+    ("uniform" or "logsnr"; None: the sampler's default).
     """
     start = strength_start(schedule, strength)
     if start is None:
@@ -137,8 +140,8 @@ def img2img(
     else:
         t = torch.full((x_input.shape[0],), start, device=x_input.device, dtype=torch.long)
         x_t = schedule.q_sample(x_input.float(), t, noise)
-    return run_sampler(sampler, model, schedule, x_t, generator, num_steps=num_steps, start=start, y=y,
-                       progress=progress, **options)
+    return run_sampler(sampler, model, schedule, x_t, generator, num_steps=num_steps, spacing=spacing, start=start,
+                       y=y, progress=progress, **options)
 
 
 @torch.inference_mode()
@@ -196,13 +199,24 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, alphas: Sequence[float]) -> torch.
 
 
 def interpolate(model: Model, schedule: NoiseSchedule, x_a: torch.Tensor, x_b: torch.Tensor, frames: int = 8,
-                num_steps: int = 50, clip_x0: bool = False, progress: bool = False) -> torch.Tensor:
+                num_steps: int = 50, clip_x0: bool = False, progress: bool = False, y: int | None = None) -> torch.Tensor:
     """frames images walking from x_a to x_b (each (C, H, W)) through their DDIM latents.
 
+    y: the class of a class-conditional model, the same for both ends and every frame (None: none).
     Returns (frames, C, H, W); the end frames are the DDIM reconstructions of x_a and x_b.
     """
     if frames < 2:
         raise ValueError(f"frames={frames} must be at least 2 (the two end points).")
-    z = ddim_invert(model, schedule, torch.stack([x_a, x_b]), num_steps, clip_x0, progress=progress)
+
+    def labels(n: int) -> torch.Tensor | None:
+        return None if y is None else torch.full((n,), y, device=x_a.device, dtype=torch.long)
+
+    z = ddim_invert(model, schedule, torch.stack([x_a, x_b]), num_steps, clip_x0, labels(2), progress=progress)
     path = slerp(z[0], z[1], [k / (frames - 1) for k in range(frames)])
-    return ddim_decode(model, schedule, path, num_steps, clip_x0, progress=progress)
+    return ddim_decode(model, schedule, path, num_steps, clip_x0, labels(frames), progress=progress)
+
+
+def repaint_network_calls(num_timesteps: int, jump_length: int, resample: int) -> int:
+    """Network calls per image of inpaint(): one per step down RePaint's walk."""
+    levels = repaint_levels(num_timesteps, jump_length, resample)
+    return sum(b < a for a, b in zip(levels, levels[1:], strict=False))
