@@ -186,8 +186,8 @@ def test_train_without_a_preset_or_dataset_is_refused(tmp_path, capsys, monkeypa
     from ddpm.cli import main
 
     started = []
-    monkeypatch.setattr(ddpm.training, "train_diffusion", lambda d, m: started.append((d, m)))
-    monkeypatch.setattr(ddpm.training, "dry_run", lambda d, m: started.append((d, m)) or {})
+    monkeypatch.setattr(ddpm.training, "train_diffusion", lambda d, m, **kw: started.append((d, m)))
+    monkeypatch.setattr(ddpm.training, "dry_run", lambda d, m, **kw: started.append((d, m)) or {})
     for extra in ([], ["--dry-run"], ["--max-steps", "10", "--learning-rate", "1e-4"]):
         assert main(["train", "--out", str(tmp_path / "run"), *extra]) == 2, extra
         err = capsys.readouterr().err
