@@ -179,3 +179,24 @@ def test_public_api_is_declared_and_does_not_depend_on_import_order():
 
     assert callable(generate) and generate.__name__ == "generate"
     assert ddpm.SAMPLERS["dpmpp-2m"].default_steps == 20
+
+
+def test_no_two_modules_import_each_other():
+    """One direction per pair of modules (imports inside functions included): a circle means two
+    concerns that should be one, or a third module both should use."""
+    import ast
+
+    root = Path(ddpm.__file__).parent
+    imports: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root).with_suffix("").parts
+        package = ("ddpm", *parts[:-1])
+        name = ".".join(package if parts[-1] == "__init__" else (*package, parts[-1]))
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package[: len(package) - (node.level - 1)]
+                found.add(".".join((*base, node.module)) if node.module else ".".join(base))
+        imports[name] = found - {name}
+    circles = sorted({tuple(sorted((a, b))) for a, deps in imports.items() for b in deps if a in imports.get(b, ())})
+    assert not circles, circles

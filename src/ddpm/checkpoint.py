@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,23 @@ def _load_model_state(path: Path, map_location: str | torch.device) -> dict[str,
     return _load_safetensors(path, map_location) if path.suffix == ".safetensors" else load_checkpoint(path, map_location)
 
 
+def latest_valid_checkpoint(run: RunDir, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path]:
+    """(state, path) of the run's newest checkpoint that loads; broken newer ones are reported and passed over."""
+    found = run.checkpoints()
+    if not found:
+        raise CheckpointError(f"No checkpoint in {run.checkpoints_dir}.")
+    errors = []
+    for path in reversed(found):
+        try:
+            state = load_checkpoint(path, map_location)
+        except CheckpointError as err:
+            errors.append(str(err))
+            warnings.warn(f"{err} Trying the previous checkpoint.", stacklevel=2)
+            continue
+        return state, path
+    raise CheckpointError("No checkpoint of the run loads: " + " | ".join(errors))
+
+
 def load_source(
     checkpoint: str | Path | None, run_dir: str | Path | None, map_location: str | torch.device = "cpu"
 ) -> tuple[dict[str, Any], Path]:
@@ -188,4 +206,4 @@ def load_source(
         return _load_model_state(path, map_location), path
     if run_dir is None:
         raise CheckpointError("Name a model: --run RUN_DIR (its newest checkpoint) or --checkpoint FILE.")
-    return RunDir(run_dir).latest_valid_checkpoint(map_location)
+    return latest_valid_checkpoint(RunDir(run_dir), map_location)

@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 EMBEDDING_PLACEMENTS = ("block_start", "after_conv1")
+# Every named choice is defined here, once; the modules that implement them import these lists.
 SAMPLE_VARIANCES = ("beta", "beta_tilde")
+CROP_MODES = ("center", "pad")
+SPACINGS = ("uniform", "logsnr")  # where a sampler's timesteps lie (samplers/base.py)
+# The registered samplers (samplers/__init__.py builds its registry in this order and checks it).
+SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde")
 # What the network predicts, how the loss weighs the timesteps, and the beta schedule
 # (schedule.py and losses.py implement them; docs/results.md says which trains fastest).
 PREDICTIONS = ("eps", "v", "x0")
@@ -236,10 +241,8 @@ class DiffusionConfig:
         _require(self.labels in LABEL_SOURCES, f"DiffusionConfig.labels={self.labels!r}; choose one of {LABEL_SOURCES}.")
         _require(0.0 <= self.class_dropout < 1.0, f"DiffusionConfig.class_dropout={self.class_dropout} must lie in [0, 1).")
         _require(0.0 <= self.guidance_scale < 1e3, f"DiffusionConfig.guidance_scale={self.guidance_scale} must lie in [0, 1000).")
-        _require(self.crop_mode in ("center", "pad"), f"DiffusionConfig.crop_mode={self.crop_mode!r}; choose 'center' or 'pad'.")
-        from .samplers import SAMPLERS  # the registry is the one list of sampler names
-
-        _require(self.sampler in SAMPLERS, f"DiffusionConfig.sampler={self.sampler!r}; choose one of {sorted(SAMPLERS)}.")
+        _require(self.crop_mode in CROP_MODES, f"DiffusionConfig.crop_mode={self.crop_mode!r}; choose one of {CROP_MODES}.")
+        _require(self.sampler in SAMPLER_NAMES, f"DiffusionConfig.sampler={self.sampler!r}; choose one of {sorted(SAMPLER_NAMES)}.")
         _require(self.sample_steps <= self.timesteps_diff,
                  f"DiffusionConfig.sample_steps={self.sample_steps} exceeds timesteps_diff={self.timesteps_diff}; "
                  "use 1 .. T, or 0 for the sampler's default.")

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .config import CROP_MODES
 from .errors import UsageError
 from .image_files import (
-    CROP_MODES,
     IMAGE_EXTENSIONS,
     cached_folder,
     list_images,

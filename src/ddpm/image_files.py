@@ -25,7 +25,6 @@ from .errors import UsageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
-CROP_MODES = ("center", "pad")
 
 
 def list_images(folder: Path) -> list[Path]:

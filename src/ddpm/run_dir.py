@@ -21,8 +21,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import torch
-
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)\.pt$")
 
 
@@ -158,24 +156,6 @@ class RunDir:
             return []
         found = [(int(m.group(1)), p) for p in self.checkpoints_dir.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
         return [p for _, p in sorted(found)]
-
-    def latest_valid_checkpoint(self, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path]:
-        """The newest checkpoint that loads; broken newer ones are reported and passed over."""
-        from .checkpoint import CheckpointError, load_checkpoint
-
-        found = self.checkpoints()
-        if not found:
-            raise CheckpointError(f"No checkpoint in {self.checkpoints_dir}.")
-        errors = []
-        for path in reversed(found):
-            try:
-                state = load_checkpoint(path, map_location)
-            except CheckpointError as err:
-                errors.append(str(err))
-                warnings.warn(f"{err} Trying the previous checkpoint.", stacklevel=2)
-                continue
-            return state, path
-        raise CheckpointError("No checkpoint of the run loads: " + " | ".join(errors))
 
     def prune_checkpoints(self, keep: int) -> None:
         """Delete all but the newest `keep` checkpoints (keep = 0: delete none)."""

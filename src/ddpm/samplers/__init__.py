@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from ..config import DEFAULT_SAMPLER
+from ..config import DEFAULT_SAMPLER, SAMPLER_NAMES, SPACINGS
 from ..errors import UsageError
 from ..schedule import NoiseSchedule
-from .base import SPACINGS, Generators, Hook, Model, Step, image_generators, randn, timestep_list
+from .base import Generators, Hook, Model, Step, image_generators, randn, timestep_list
 from .ddim import ddim_sample
 from .ddpm import VARIANCES, ddpm_sample
 from .dpmpp import dpmpp_2m_sample
@@ -48,6 +48,10 @@ SAMPLERS: dict[str, SamplerSpec] = {
                     stochastic=True, default_steps=20, default_spacing="logsnr"),
     )
 }
+# config.py names the samplers without importing them (it stays light for --help); keep the two in step.
+if tuple(SAMPLERS) != SAMPLER_NAMES:
+    raise ImportError(f"config.SAMPLER_NAMES {SAMPLER_NAMES} differs from the registry {tuple(SAMPLERS)}: update it.")
+
 
 def get_sampler(name: str) -> SamplerSpec:
     """The registered sampler called name; a ValueError lists the choices."""

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import SPACINGS
 from ..errors import UsageError
 from ..schedule import NoiseSchedule, _gather
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 Model = Callable[..., torch.Tensor]  # eps_theta(x_t, t) or eps_theta(x_t, t, y)
 
-SPACINGS = ("uniform", "logsnr")
 
 
 @dataclass

@@ -7,11 +7,12 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..config import SAMPLE_VARIANCES
 from ..errors import UsageError
 from ..schedule import NoiseSchedule, _gather
 from .base import Generators, Hook, Model, denoise, randn, run_hook
 
-VARIANCES = ("beta", "beta_tilde")
+VARIANCES = SAMPLE_VARIANCES
 
 
 @torch.inference_mode()

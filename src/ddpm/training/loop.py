@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..checkpoint import FORMAT_VERSION, CheckpointWriteError, atomic_save
+from ..checkpoint import FORMAT_VERSION, CheckpointWriteError, atomic_save, latest_valid_checkpoint
 from ..config import (
     RESUME_MUTABLE_FIELDS,
     ConfigError,
@@ -83,7 +83,7 @@ def _resume_state(run_dir: RunDir, cfg: DiffusionConfig, mcfg: ModelConfig, trai
     if not cfg.resume:
         raise ConfigError(f"{run_dir} already holds checkpoints ({found[-1].name}); pass "
                           "resume=True (--resume) to continue that run, or choose another out_dir (--out).")
-    state, path = run_dir.latest_valid_checkpoint(map_location=trainer.device)
+    state, path = latest_valid_checkpoint(run_dir, map_location=trainer.device)
     # Read the saved configs through config_from_dict, so fields added since compare at their defaults.
     saved_model = config_to_dict(config_from_dict(ModelConfig, state["model_config"]))
     saved_diff = config_to_dict(config_from_dict(DiffusionConfig, state["diffusion_config"]))
