@@ -2,7 +2,7 @@
 as a newcomer would run it, in a fresh folder with an empty cache and HOME.
 
 Documented overrides keep it fast (README, "Testing the README"):
-- `ddpm train` gets `--max-steps 3 --num-sample-images 4` appended (the last flag wins);
+- `ddpm train` gets `--max-steps 3 --num-sample-images 4 --eval-samples 16` appended (the last flag wins);
 - `ddpm sample` gets `--num-images 16` appended, `ddpm edit inpaint` `--resample 1 --num-images 2`;
 - `runs/demo` is a demo-preset run trained for 2 steps, made once and copied in.
 Commands that need data this machine lacks (a folder under ~ or /data) must fail with the error
@@ -25,7 +25,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 RUNNERS = ("ddpm", "python")
-OVERRIDES = {"train": ["--max-steps", "3", "--num-sample-images", "4"], "sample": ["--num-images", "16"],
+OVERRIDES = {"train": ["--max-steps", "3", "--num-sample-images", "4", "--eval-samples", "16"], "sample": ["--num-images", "16"],
              "inpaint": ["--resample", "1", "--num-images", "2"]}
 MISSING_DATA = "not found: no folder at"  # the README's documented error for a missing dataset folder
 MISSING_RUN = "No checkpoint in"  # ... and for a run folder without checkpoints
