@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 from conftest import tiny_diffusion_config, tiny_model_config
+from test_cli import ddpm
 
 from ddpm import train_diffusion
 from ddpm.checkpoint import load_checkpoint, model_from_checkpoint
@@ -79,8 +80,7 @@ def test_sample_and_export_pass_over_a_broken_newest_checkpoint(tmp_path):
     newest = run / "checkpoints" / "step_00000006.pt"
     newest.write_bytes(newest.read_bytes()[:500])
     for command in (["export", "--out", str(tmp_path / "m.safetensors")], ["sample", "--num-images", "2"]):
-        r = subprocess.run([sys.executable, "-m", "ddpm", *command, "--run", str(run)], capture_output=True,
-                           text=True, timeout=120)
+        r = ddpm(*command, "--run", str(run))
         assert r.returncode == 0, r.stderr
         assert "step_00000006.pt cannot be loaded safely" in r.stderr and "step_00000003.pt" in r.stdout
     assert json.loads((tmp_path / "m.json").read_text())["step"] == 3
@@ -165,8 +165,7 @@ def test_dry_run_measures_and_writes_nothing(tmp_path):
 
 def test_export_to_safetensors_and_sample_from_it(tmp_path):
     run = train_diffusion(_cfg(tmp_path, max_steps=3), tiny_model_config())
-    r = subprocess.run([sys.executable, "-m", "ddpm", "export", "--run", str(run), "--out", str(tmp_path / "m.safetensors")],
-                       capture_output=True, text=True, timeout=120)
+    r = ddpm("export", "--run", str(run), "--out", str(tmp_path / "m.safetensors"))
     assert r.returncode == 0, r.stderr
     model, dcfg, mcfg, step = model_from_checkpoint(tmp_path / "m.safetensors")
     ref, *_ = model_from_checkpoint(RunDir(run).checkpoints()[-1])
@@ -174,8 +173,7 @@ def test_export_to_safetensors_and_sample_from_it(tmp_path):
     for a, b in zip(model.state_dict().values(), ref.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert json.loads((tmp_path / "m.json").read_text())["step"] == 3
-    r = subprocess.run([sys.executable, "-m", "ddpm", "sample", "--checkpoint", str(tmp_path / "m.safetensors"),
-                        "--num-images", "2", "--out", str(tmp_path / "g.png")], capture_output=True, text=True, timeout=120)
+    r = ddpm("sample", "--checkpoint", str(tmp_path / "m.safetensors"), "--num-images", "2", "--out", str(tmp_path / "g.png"))
     assert r.returncode == 0, r.stderr
 
 
