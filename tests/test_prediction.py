@@ -202,3 +202,20 @@ def test_an_old_checkpoint_loads_as_an_epsilon_model():
     cfg = loaded.diffusion_config
     assert (cfg.prediction, cfg.loss_weighting, cfg.beta_schedule, cfg.zero_terminal_snr) == ("eps", "uniform", "linear", False)
     assert loaded.schedule.prediction == "eps"
+
+
+def test_the_trainer_trains_with_the_configured_weighting(tmp_path, monkeypatch):
+    import ddpm.training.trainer as trainer_module
+
+    seen = []
+    real = trainer_module.diffusion_loss
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("weighting"), kwargs.get("snr_gamma"), args[1].prediction))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "diffusion_loss", spy)
+    cfg = tiny_diffusion_config(tmp_path, max_steps=1, num_sample_images=0, tensorboard=False, prediction="x0",
+                                loss_weighting="soft-min-snr", snr_gamma=2.5)
+    train_diffusion(cfg, tiny_model_config())
+    assert seen and set(seen) == {("soft-min-snr", 2.5, "x0")}

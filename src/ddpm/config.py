@@ -146,7 +146,7 @@ class DiffusionConfig:
     timesteps_diff: int = _f(1000, "T, the number of diffusion steps (paper: 1000; seed: 200)")
     beta_start: float | None = _f(None, "first beta of the linear schedule. None = the paper's 1e-4 and 0.02 scaled by 1000 / T, so x_T is pure noise for any T (the seed's T = 200 with the unscaled range keeps 37% of the signal amplitude).")
     beta_end: float | None = _f(None, "last beta of the linear schedule. None = the paper's 0.02 scaled by 1000 / T (see beta_start).")
-    beta_schedule: str = _f("linear", "\"linear\" (DDPM: beta_start .. beta_end) or \"cosine\" (Nichol & Dhariwal 2021: alphā(t) = cos²((t/T + 0.008) / 1.008 · π/2); less noise early, so fewer steps are spent on nearly clean images)")
+    beta_schedule: str = _f("linear", "\"linear\" (DDPM: beta_start .. beta_end) or \"cosine\" (Nichol & Dhariwal 2021: alphā(t) = f(t) / f(0), f(t) = cos²((t/T + 0.008) / 1.008 · π/2); less noise early, so fewer steps are spent on nearly clean images)")
     zero_terminal_snr: bool = _f(False, "rescale the schedule so that alphā_T = 0 exactly (Lin et al. 2024): x_T is pure noise, with no signal left. Needs prediction v or x0, since eps carries no information about x_0 there.")
     prediction: str = _f("eps", "what the network predicts: \"eps\" (the noise, DDPM), \"v\" (sqrt(alphā) eps - sqrt(1 - alphā) x_0, Salimans & Ho 2022: well scaled at every t) or \"x0\" (the clean image)")
     loss_weighting: str = _f("uniform", "weight of each t in the loss: \"uniform\" (plain MSE of the prediction, DDPM's L_simple for eps), \"min-snr\" (Hang et al. 2023: the x_0 error weighted by min(SNR, gamma); converges faster) or \"soft-min-snr\" (SNR gamma / (SNR + gamma), a smooth min; k-diffusion)")

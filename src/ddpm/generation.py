@@ -89,7 +89,8 @@ def rows_of_classes(num_images: int, classes: Sequence[int]) -> tuple[torch.Tens
 
 
 def network(model: torch.nn.Module, autocast_dtype: torch.dtype | None = None, guidance_scale: float = 1.0):
-    """What the samplers call: eps(x, t[, y]) of model, under autocast, with classifier-free guidance."""
+    """What the samplers call: the model's output f(x, t[, y]) (eps, v or x0) under autocast, with
+    classifier-free guidance."""
     device = next(model.parameters()).device
     eps = guided(model, guidance_scale)
 
@@ -101,7 +102,10 @@ def network(model: torch.nn.Module, autocast_dtype: torch.dtype | None = None, g
 
 
 def guided(model: torch.nn.Module, guidance_scale: float):
-    """eps(x, t, y) with classifier-free guidance (Ho & Salimans 2022): eps_u + w (eps_c - eps_u).
+    """f(x, t, y) with classifier-free guidance (Ho & Salimans 2022): f_u + w (f_c - f_u).
+
+    Written for eps in the paper; for a v or x0 model it is the same guidance, since for a given x_t
+    each of them is an affine function of eps.
 
     w = 1 is the conditional model alone and w = 0 the unconditional one (one pass each); any other
     w runs both as one batched forward of twice the batch.

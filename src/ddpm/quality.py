@@ -2,9 +2,10 @@
 the run's sampler, `ddpm eval`'s metrics score them, and quality.png plots them against steps and
 training wall-clock, which is what time to quality means.
 
-Digits runs (the built-in digits, MNIST) are scored with FD-digits, precision and recall (no
-download); other data with Inception FID against K images of the training set where Inception is
-installed; otherwise evaluation is skipped with one message.
+Digits runs (the built-in digits or MNIST, drawn as 16x16 grayscale like the demo: what `ddpm
+eval` scores with FD-digits) get FD-digits, precision and recall (no download); other data gets
+Inception FID against K images of the training set where Inception is installed; otherwise
+evaluation is skipped with one message.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ DIGIT_DATASETS = ("digits", "mnist")  # dataset names whose samples the digits m
 QUALITY_METRICS = ("fd_digits", "fid")
 
 
-def quality_metric(dataset_name: str, image_channels: int) -> tuple[str | None, str | None]:
+def quality_metric(dataset_name: str, image_channels: int, image_size: int) -> tuple[str | None, str | None]:
     """(metric name, None) for the quality this run can be scored by, or (None, why not)."""
-    if dataset_name.lower() in DIGIT_DATASETS and image_channels == 1:
+    from .metrics import CLASSIFIER_SIZE, inception_status
+
+    if dataset_name.lower() in DIGIT_DATASETS and image_channels == 1 and image_size == CLASSIFIER_SIZE:
         return "fd_digits", None
-    from .metrics import inception_status
 
     missing = inception_status()
     if missing is None:
@@ -64,9 +66,12 @@ class QualityEvaluator:
         return {"fid": frechet_distance(*feature_statistics(inception_features(samples.float().cpu())), *self.real_stats)}
 
 
-def best_row(rows: Sequence[dict[str, Any]], metric: str) -> dict[str, Any] | None:
-    """The evaluation row with the lowest `metric` (ties: the earliest), or None."""
-    scored = [r for r in rows if isinstance(r.get(metric), (int, float)) and np.isfinite(r[metric])]
+def best_row(rows: Sequence[dict[str, Any]], metric: str, setting: str | None = None) -> dict[str, Any] | None:
+    """The evaluation row with the lowest `metric` (ties: the earliest), or None; with `setting`,
+    only among rows evaluated the same way (sampler, calls, images, guidance: scores of different
+    settings are not comparable)."""
+    scored = [r for r in rows if isinstance(r.get(metric), (int, float)) and np.isfinite(r[metric])
+              and (setting is None or r.get("eval_setting") == setting)]
     return min(scored, key=lambda r: (r[metric], r["step"])) if scored else None
 
 

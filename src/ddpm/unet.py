@@ -165,7 +165,8 @@ class _Level(nn.Module):
 
 
 class UNet(nn.Module):
-    """DDPM noise predictor eps_theta(x_t, t), built from a ModelConfig.
+    """DDPM's network f_theta(x_t, t), built from a ModelConfig: the noise eps by default, or v or x0
+    (DiffusionConfig.prediction says which; the network is the same).
 
     Going down, each level has num_res_blocks ResNet blocks and a stride-2 downsample (except the
     last); the bottleneck is ResNet, attention, ResNet; going up, each level has num_res_blocks + 1

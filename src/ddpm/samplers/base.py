@@ -19,7 +19,7 @@ from ..errors import UsageError
 from ..schedule import NoiseSchedule, _gather
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
-Model = Callable[..., torch.Tensor]  # eps_theta(x_t, t) or eps_theta(x_t, t, y)
+Model = Callable[..., torch.Tensor]  # f_theta(x_t, t[, y]): eps, v or x0, as schedule.prediction says
 
 
 

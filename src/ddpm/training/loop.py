@@ -156,9 +156,11 @@ def _train(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig, run_dir: R
             forward_process_figure(torch.stack([trainer.dataset[i] for i in range(n_fig)]), schedule, forward_ts,
                                    run_dir.forward_figure_path, seed=cfg.seed)
     monitor = Monitor(run_dir, cfg.tensorboard, resume_step=start) if main else None
-    evaluator = _quality_evaluator(trainer, cfg, mcfg) if cfg.eval_every and main else None
+    evaluator = _quality_evaluator(trainer, cfg, mcfg, run_dir) if cfg.eval_every else None
     # Training wall-clock (evaluations excluded), continued from the run's last logged row on resume.
-    prior_train_s = next((r["train_s"] for r in reversed(run_dir.metrics()) if "train_s" in r), 0.0) if start else 0.0
+    prior_train_s = 0.0
+    if main and start:
+        prior_train_s = next((r["train_s"] for r in reversed(run_dir.metrics()) if "train_s" in r), 0.0)
     loop_start, eval_s = time.perf_counter(), 0.0
 
     def save_checkpoint() -> Path:
@@ -232,6 +234,7 @@ def _train(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig, run_dir: R
                     began = time.perf_counter()
                     _evaluate(trainer, run_dir, monitor, evaluator, prior_train_s + began - loop_start - eval_s)
                     eval_s += time.perf_counter() - began
+                    window.start += time.perf_counter() - began  # images/s counts training only
                 if cfg.sample_every_steps and step % cfg.sample_every_steps == 0 and step < cfg.max_steps:
                     save_samples()
                     distributed.barrier()
@@ -275,16 +278,27 @@ def _finish(trainer: Trainer, run_dir: RunDir, stopped_for: str | None, last_sav
     return run_dir.path
 
 
-def _quality_evaluator(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig) -> QualityEvaluator | None:
-    """The scorer of this run's samples (built once), or None with one message saying why."""
-    metric, why = quality_metric(cfg.dataset_name, mcfg.image_channels)
+def _quality_evaluator(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig, run_dir: RunDir) -> QualityEvaluator | None:
+    """Rank 0's scorer of this run's samples (built once); None on other ranks, or with one message
+    saying why the run cannot be scored. Every rank refuses keep_best when nothing can score it."""
+    metric, why = quality_metric(cfg.dataset_name, mcfg.image_channels, mcfg.image_size)
+    if metric is None and cfg.keep_best:
+        raise ConfigError(f"DiffusionConfig.keep_best=True, but this run's samples cannot be scored ({why}); "
+                          "drop keep_best, or make the metric available.")
+    if not trainer.dist.is_main:
+        return None
     if metric is None:
         tqdm.write(f"ddpm: {why}")
         return None
+    # A best.pt from past the step resumed from belongs to a future that was dropped with its metrics rows.
+    best = run_dir.best_checkpoint_path
+    if best.is_file() and torch.load(best, map_location="cpu", weights_only=True, mmap=True)["step"] > trainer.step:
+        best.unlink()
     real = None
-    if metric == "fid":
+    if metric == "fid":  # a seeded random subset: a folder sorted by class must not give one class
         n = min(cfg.eval_samples, len(trainer.dataset))
-        real = torch.stack([trainer.dataset[i] for i in range(n)])
+        order = torch.randperm(len(trainer.dataset), generator=torch.Generator().manual_seed(cfg.seed))[:n]
+        real = torch.stack([trainer.dataset[int(i)] for i in order])
     return QualityEvaluator(metric, real)
 
 
@@ -295,28 +309,44 @@ def _evaluate(trainer: Trainer, run_dir: RunDir, monitor: Monitor | None, evalua
     cfg, main = trainer.cfg, trainer.dist.is_main
     is_best = False
     if main and evaluator is not None:
-        began = time.perf_counter()
-        n = cfg.eval_samples
-        y = torch.arange(n) % trainer.num_classes if trainer.num_classes else None
-        options = {"variance": cfg.sample_variance} if "variance" in get_sampler(cfg.sampler).options else {}
-        x = sample_images(trainer.ema, trainer.schedule, n, seed=cfg.seed + 1, sampler=cfg.sampler,
-                          num_steps=cfg.sample_steps or None, clip_x0=cfg.clip_x0, batch_size=min(max(cfg.batch_size, 64), 256),
-                          y=y, guidance_scale=cfg.guidance_scale,
-                          autocast_dtype=trainer.amp_dtype if trainer.amp_dtype == torch.bfloat16 else None, **options)
-        scores = evaluator(x)
-        earlier = best_row(run_dir.metrics(), evaluator.metric)
-        is_best = earlier is None or scores[evaluator.metric] < earlier[evaluator.metric]
-        monitor.scalars(trainer.step, {**scores, "eval_samples": n, "train_s": train_s,
-                                       "eval_s": time.perf_counter() - began})
-        rows = [r for r in run_dir.metrics() if evaluator.metric in r]
-        quality_figure(rows, evaluator.metric, run_dir.quality_figure_path)
-        tqdm.write(f"ddpm: step {trainer.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
-                   + (" (best so far)" if is_best else ""))
+        # An evaluation is advice: if it fails (memory, a metric's files), say so and train on.
+        try:
+            is_best = _score(trainer, run_dir, monitor, evaluator, train_s)
+        except Exception as err:  # noqa: BLE001 - reported, and training goes on
+            tqdm.write(f"ddpm: quality evaluation at step {trainer.step} failed ({type(err).__name__}: {err}); "
+                       "training goes on.")
     if cfg.keep_best and distributed.broadcast_flag(is_best, trainer.device):
-        state = trainer.state_dict()
+        state = trainer.state_dict()  # every process reaches this point; only rank 0 writes
         if main:
-            atomic_save(state, run_dir.best_checkpoint_path)
+            try:
+                atomic_save(state, run_dir.best_checkpoint_path)
+            except CheckpointWriteError as err:  # the step checkpoints still protect the run
+                tqdm.write(f"ddpm: could not keep the best checkpoint ({err}); training goes on.")
     distributed.barrier()
+
+
+def _score(trainer: Trainer, run_dir: RunDir, monitor: Monitor, evaluator: QualityEvaluator, train_s: float) -> bool:
+    """Draw and score eval_samples images; log the row and redraw quality.png. True if it is the best
+    so far among evaluations made the same way."""
+    cfg = trainer.cfg
+    began = time.perf_counter()
+    n = cfg.eval_samples
+    y = torch.arange(n) % trainer.num_classes if trainer.num_classes else None
+    options = {"variance": cfg.sample_variance} if "variance" in get_sampler(cfg.sampler).options else {}
+    x = sample_images(trainer.ema, trainer.schedule, n, seed=cfg.seed + 1, sampler=cfg.sampler,
+                      num_steps=cfg.sample_steps or None, clip_x0=cfg.clip_x0, batch_size=256, y=y,
+                      guidance_scale=cfg.guidance_scale,
+                      autocast_dtype=trainer.amp_dtype if trainer.amp_dtype == torch.bfloat16 else None, **options)
+    scores = evaluator(x)
+    setting = f"{cfg.sampler}:{cfg.sample_steps or 'default'} calls:{n} images:guidance {cfg.guidance_scale:g}"
+    earlier = best_row(run_dir.metrics(), evaluator.metric, setting)
+    is_best = earlier is None or scores[evaluator.metric] < earlier[evaluator.metric]
+    monitor.scalars(trainer.step, {**scores, "eval_samples": n, "eval_setting": setting, "train_s": train_s,
+                                   "eval_s": time.perf_counter() - began})
+    quality_figure([r for r in run_dir.metrics() if evaluator.metric in r], evaluator.metric, run_dir.quality_figure_path)
+    tqdm.write(f"ddpm: step {trainer.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
+               + (" (best so far)" if is_best else ""))
+    return is_best
 
 
 def _rgb(image: Any) -> np.ndarray:
