@@ -41,8 +41,10 @@ def ode_end(schedule: NoiseSchedule, x: torch.Tensor, t_from: int, t_to: int) ->
 
 
 def _sample(name, schedule, x_T, steps, spacing=None, seed=0, **options):
-    gens = [torch.Generator().manual_seed(seed * 7919 + i) for i in range(x_T.shape[0])]
-    return run_sampler(name, gaussian_eps(schedule), schedule, x_T.double(), gens, num_steps=steps,
+    # One generator for the batch: the noise of 4000 images is one draw a step, not 4000 (per-image
+    # seeds are test_every_sampler_keeps_per_image_seeds_and_calls_hooks's business).
+    gen = torch.Generator().manual_seed(seed)
+    return run_sampler(name, gaussian_eps(schedule), schedule, x_T.double(), gen, num_steps=steps,
                        spacing=spacing, clip_x0=False, **options).double()
 
 
