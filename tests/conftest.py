@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +15,16 @@ from ddpm import DiffusionConfig, ModelConfig
 # One torch thread, here and in every subprocess: tiny models gain nothing from intra-op threads, and
 # beside other jobs on a 2-core machine two spinning OpenMP threads per process made tests up to 40x
 # slower (test_inpainting_keeps_the_known_pixels_exactly[3]: 69 s with 2 threads, 1.7 s with 1).
+# Set here, not in a fixture, so that module-scoped fixtures' subprocesses have it too.
 torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(autouse=True)
 def _seed_and_private_cache(tmp_path_factory, monkeypatch):
-    """Seed torch, keep dataset caches and the digits classifier out of the user's ~/.cache, and
-    start subprocesses with one torch thread."""
+    """Seed torch, and keep dataset caches and the digits classifier out of the user's ~/.cache."""
     torch.manual_seed(0)
     monkeypatch.setenv("DDPM_CACHE", str(tmp_path_factory.getbasetemp() / "ddpm-cache"))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     yield
 
 
