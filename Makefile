@@ -21,9 +21,12 @@ demo: $(VENV)/.installed
 # developer's CPU fails here first.
 PLAIN_CPU := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41
 
+# pytest runs one worker per core (pytest-xdist), a test file to a worker, so that module-scoped
+# fixtures (the README's demo run, the torchrun runs) are made once; each test process runs torch on
+# one thread (tests/conftest.py).
 test: $(VENV)/.installed
 	$(BIN)/ruff check src tests train.py $(wildcard benchmarks/*.py)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto --dist loadfile
 	$(PLAIN_CPU) $(BIN)/pytest -q -m "stored_reference and not slow and not gpu" -p no:cacheprovider
 
 test-slow: $(VENV)/.installed
