@@ -2,6 +2,7 @@
 
 The public API:
     DiffusionConfig, ModelConfig, train_diffusion     what to train and training it
+    ConfigError, UsageError                           the errors a user can fix (field, value, fix named)
     load_model, sample_images, generate               sampling a trained model (ddpm.generation)
     SAMPLERS, run_sampler                             the samplers by name (ddpm.samplers)
     NoiseSchedule                                     the forward process (ddpm.schedule)
@@ -10,9 +11,10 @@ The public API:
 """
 
 from .config import ConfigError, DiffusionConfig, ModelConfig
+from .errors import UsageError
 
 __all__ = [
-    "ConfigError", "DiffusionConfig", "ModelConfig", "train_diffusion", "load_model", "sample_images", "generate",
+    "ConfigError", "UsageError", "DiffusionConfig", "ModelConfig", "train_diffusion", "load_model", "sample_images", "generate",
     "SAMPLERS", "run_sampler", "NoiseSchedule", "UNet", "RunDir",
 ]
 __version__ = "0.1.0"
