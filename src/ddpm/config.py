@@ -27,6 +27,7 @@ PREDICTIONS = ("eps", "v", "x0")
 LOSS_WEIGHTINGS = ("uniform", "min-snr", "soft-min-snr")
 BETA_SCHEDULES = ("linear", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SAMPLE_PRECISIONS = ("auto", "fp32", "bf16")  # sampling and editing: no gradient scaler, so no fp16
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 LABEL_SOURCES = ("none", "subfolders")
 # The sampler of `ddpm sample` and of the training grids when none is named (chosen by

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..config import CROP_MODES, SAMPLE_PRECISIONS
 from ..editing import repaint_network_calls
 from ..errors import UsageError
 from ..samplers import SAMPLERS, SPACINGS
@@ -36,8 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--out", required=True, help="output PNG")
         q.add_argument("--seed", type=non_negative_int, default=0, help="seed of every random draw (default: 0)")
         q.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
-        q.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help=precision)
-        q.add_argument("--crop", choices=("center", "pad"), default="center", help="how a non-square input becomes square")
+        q.add_argument("--precision", choices=SAMPLE_PRECISIONS, default="auto", help=precision)
+        q.add_argument("--crop", choices=CROP_MODES, default="center", help="how a non-square input becomes square")
         q.add_argument("--class", dest="label", metavar="C", help="class-conditional models: edit as this class (an "
                        "index or a name); without it they edit unconditionally")
         q.add_argument("--guidance-scale", type=non_negative_float, default=None, metavar="W",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..config import SAMPLE_PRECISIONS
 from ..errors import UsageError
 from ..samplers import DEFAULT_SAMPLER, SAMPLERS, SPACINGS, VARIANCES
 from .args import non_negative_float, non_negative_int, positive_int
@@ -45,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per network call (default: 64)")
     p.add_argument("--device", default="auto", help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda', ...")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="network precision (default: auto)")
+    p.add_argument("--precision", choices=SAMPLE_PRECISIONS, default="auto", help="network precision (default: auto)")
     p.add_argument("--out", help="grid PNG path (default: RUN_DIR/samples/sample_seed<S>.png for a run or one of its "
                    "checkpoints, else <file>_seed<S>.png beside the checkpoint)")
     p.add_argument("--npz", help="also save the images as .npz (arr_0: uint8 N,H,W,C), the guided-diffusion convention")
