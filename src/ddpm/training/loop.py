@@ -163,40 +163,6 @@ def _train(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig, run_dir: R
         prior_train_s = next((r["train_s"] for r in reversed(run_dir.metrics()) if "train_s" in r), 0.0)
     loop_start, eval_s = time.perf_counter(), 0.0
 
-    def save_checkpoint() -> Path:
-        state = trainer.state_dict()  # every process reaches this point; only rank 0 writes
-        path = run_dir.checkpoint_path(trainer.step)
-        failed = None
-        if main:
-            try:
-                atomic_save(state, path)
-                run_dir.prune_checkpoints(cfg.keep_checkpoints)
-            except CheckpointWriteError as err:
-                failed = err
-        # Training on without checkpoints would risk everything since the last one: stop, on every process.
-        if distributed.broadcast_flag(failed is not None, trainer.device):
-            kept = run_dir.checkpoints()
-            raise CheckpointWriteError(
-                f"{failed or 'Rank 0 could not write a checkpoint.'} Training stopped at step {trainer.step}; "
-                + (f"the last checkpoint, {kept[-1]}, is intact: fix the cause and continue with --resume."
-                   if kept else "no checkpoint was written yet: fix the cause and start again."))
-        distributed.barrier()
-        return path
-
-    def save_samples() -> Path | None:
-        if not main or cfg.num_sample_images == 0:
-            return None
-        options = {"variance": cfg.sample_variance} if "variance" in get_sampler(cfg.sampler).options else {}
-        # A class-conditional run's grid has one row per class.
-        y, nrow = rows_of_classes(cfg.num_sample_images, range(trainer.num_classes)) if trainer.num_classes else (None, None)
-        x = sample_images(trainer.ema, schedule, len(y) if y is not None else cfg.num_sample_images, seed=cfg.seed,
-                          sampler=cfg.sampler, num_steps=cfg.sample_steps or None, clip_x0=cfg.clip_x0,
-                          batch_size=min(cfg.batch_size, 64), y=y, guidance_scale=cfg.guidance_scale,
-                          autocast_dtype=trainer.amp_dtype if trainer.amp_dtype == torch.bfloat16 else None, **options)
-        path = save_grid(x, run_dir.sample_grid_path(trainer.step), nrow=nrow)
-        monitor.image(trainer.step, "samples", _rgb(grid_image(to_uint8(x))))
-        return path
-
     window = _Window(trainer.device)
     last_saved = start if state is not None else -1
     bar = tqdm(total=cfg.max_steps, initial=start, desc="training", dynamic_ncols=True, disable=not main)
@@ -228,7 +194,7 @@ def _train(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig, run_dir: R
                         monitor.scalars(step, row)
                         bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
                 if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
-                    save_checkpoint()
+                    _save_checkpoint(trainer, run_dir)
                     last_saved = step
                 if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
                     began = time.perf_counter()
@@ -236,7 +202,7 @@ def _train(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig, run_dir: R
                     eval_s += time.perf_counter() - began
                     window.start += time.perf_counter() - began  # images/s counts training only
                 if cfg.sample_every_steps and step % cfg.sample_every_steps == 0 and step < cfg.max_steps:
-                    save_samples()
+                    _save_samples(trainer, run_dir, monitor)
                     distributed.barrier()
         except BaseException:
             if monitor is not None:
@@ -245,18 +211,57 @@ def _train(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig, run_dir: R
         finally:
             bar.close()
     try:
-        return _finish(trainer, run_dir, stopped_for, last_saved, save_checkpoint, save_samples)
+        return _finish(trainer, run_dir, monitor, stopped_for, last_saved)
     finally:
         if monitor is not None:
             monitor.close()
 
 
-def _finish(trainer: Trainer, run_dir: RunDir, stopped_for: str | None, last_saved: int,
-            save_checkpoint: Any, save_samples: Any) -> Path:
+def _save_checkpoint(trainer: Trainer, run_dir: RunDir) -> Path:
+    """Write the step's checkpoint (rank 0) and prune old ones; a failed write stops every process."""
+    cfg, main = trainer.cfg, trainer.dist.is_main
+    state = trainer.state_dict()  # every process reaches this point; only rank 0 writes
+    path = run_dir.checkpoint_path(trainer.step)
+    failed = None
+    if main:
+        try:
+            atomic_save(state, path)
+            run_dir.prune_checkpoints(cfg.keep_checkpoints)
+        except CheckpointWriteError as err:
+            failed = err
+    # Training on without checkpoints would risk everything since the last one: stop, on every process.
+    if distributed.broadcast_flag(failed is not None, trainer.device):
+        kept = run_dir.checkpoints()
+        raise CheckpointWriteError(
+            f"{failed or 'Rank 0 could not write a checkpoint.'} Training stopped at step {trainer.step}; "
+            + (f"the last checkpoint, {kept[-1]}, is intact: fix the cause and continue with --resume."
+               if kept else "no checkpoint was written yet: fix the cause and start again."))
+    distributed.barrier()
+    return path
+
+
+def _save_samples(trainer: Trainer, run_dir: RunDir, monitor: Monitor | None) -> Path | None:
+    """The fixed-seed sample grid of the EMA model (rank 0), or None when grids are off."""
+    cfg = trainer.cfg
+    if not trainer.dist.is_main or cfg.num_sample_images == 0:
+        return None
+    options = {"variance": cfg.sample_variance} if "variance" in get_sampler(cfg.sampler).options else {}
+    # A class-conditional run's grid has one row per class.
+    y, nrow = rows_of_classes(cfg.num_sample_images, range(trainer.num_classes)) if trainer.num_classes else (None, None)
+    x = sample_images(trainer.ema, trainer.schedule, len(y) if y is not None else cfg.num_sample_images, seed=cfg.seed,
+                      sampler=cfg.sampler, num_steps=cfg.sample_steps or None, clip_x0=cfg.clip_x0,
+                      batch_size=min(cfg.batch_size, 64), y=y, guidance_scale=cfg.guidance_scale,
+                      autocast_dtype=trainer.amp_dtype if trainer.amp_dtype == torch.bfloat16 else None, **options)
+    path = save_grid(x, run_dir.sample_grid_path(trainer.step), nrow=nrow)
+    monitor.image(trainer.step, "samples", _rgb(grid_image(to_uint8(x))))
+    return path
+
+
+def _finish(trainer: Trainer, run_dir: RunDir, monitor: Monitor | None, stopped_for: str | None, last_saved: int) -> Path:
     """Final checkpoint, loss curve and sample grid; the reason training stopped, if not max_steps."""
     cfg = trainer.cfg
     if last_saved != trainer.step:
-        save_checkpoint()
+        _save_checkpoint(trainer, run_dir)
     if stopped_for == "nonfinite":
         raise FloatingPointError(
             f"Training stopped: {cfg.max_nonfinite_steps} steps in a row had a non-finite loss or gradient "
@@ -272,7 +277,7 @@ def _finish(trainer: Trainer, run_dir: RunDir, stopped_for: str | None, last_sav
     if stopped_for == "signal":
         print(f"ddpm: stopped at step {trainer.step} of {cfg.max_steps}; continue with resume=True (--resume).")
         return run_dir.path
-    grid = save_samples()
+    grid = _save_samples(trainer, run_dir, monitor)
     if grid is not None:
         print(f"ddpm: sample grid {grid}")
     return run_dir.path
