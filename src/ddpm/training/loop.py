@@ -240,18 +240,24 @@ def _save_checkpoint(trainer: Trainer, run_dir: RunDir) -> Path:
     return path
 
 
+def _ema_samples(trainer: Trainer, n: int, seed: int, y: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+    """n images of the EMA model with the run's sampler settings (grids and quality evaluations)."""
+    cfg = trainer.cfg
+    options = {"variance": cfg.sample_variance} if "variance" in get_sampler(cfg.sampler).options else {}
+    return sample_images(trainer.ema, trainer.schedule, n, seed=seed, sampler=cfg.sampler,
+                         num_steps=cfg.sample_steps or None, clip_x0=cfg.clip_x0, batch_size=batch_size, y=y,
+                         guidance_scale=cfg.guidance_scale,
+                         autocast_dtype=trainer.amp_dtype if trainer.amp_dtype == torch.bfloat16 else None, **options)
+
+
 def _save_samples(trainer: Trainer, run_dir: RunDir, monitor: Monitor | None) -> Path | None:
     """The fixed-seed sample grid of the EMA model (rank 0), or None when grids are off."""
     cfg = trainer.cfg
     if not trainer.dist.is_main or cfg.num_sample_images == 0:
         return None
-    options = {"variance": cfg.sample_variance} if "variance" in get_sampler(cfg.sampler).options else {}
     # A class-conditional run's grid has one row per class.
     y, nrow = rows_of_classes(cfg.num_sample_images, range(trainer.num_classes)) if trainer.num_classes else (None, None)
-    x = sample_images(trainer.ema, trainer.schedule, len(y) if y is not None else cfg.num_sample_images, seed=cfg.seed,
-                      sampler=cfg.sampler, num_steps=cfg.sample_steps or None, clip_x0=cfg.clip_x0,
-                      batch_size=min(cfg.batch_size, 64), y=y, guidance_scale=cfg.guidance_scale,
-                      autocast_dtype=trainer.amp_dtype if trainer.amp_dtype == torch.bfloat16 else None, **options)
+    x = _ema_samples(trainer, len(y) if y is not None else cfg.num_sample_images, cfg.seed, y, min(cfg.batch_size, 64))
     path = save_grid(x, run_dir.sample_grid_path(trainer.step), nrow=nrow)
     monitor.image(trainer.step, "samples", _rgb(grid_image(to_uint8(x))))
     return path
@@ -336,12 +342,7 @@ def _score(trainer: Trainer, run_dir: RunDir, monitor: Monitor, evaluator: Quali
     cfg = trainer.cfg
     began = time.perf_counter()
     n = cfg.eval_samples
-    y = torch.arange(n) % trainer.num_classes if trainer.num_classes else None
-    options = {"variance": cfg.sample_variance} if "variance" in get_sampler(cfg.sampler).options else {}
-    x = sample_images(trainer.ema, trainer.schedule, n, seed=cfg.seed + 1, sampler=cfg.sampler,
-                      num_steps=cfg.sample_steps or None, clip_x0=cfg.clip_x0, batch_size=256, y=y,
-                      guidance_scale=cfg.guidance_scale,
-                      autocast_dtype=trainer.amp_dtype if trainer.amp_dtype == torch.bfloat16 else None, **options)
+    x = _ema_samples(trainer, n, cfg.seed + 1, torch.arange(n) % trainer.num_classes if trainer.num_classes else None, 256)
     scores = evaluator(x)
     setting = f"{cfg.sampler}:{cfg.sample_steps or 'default'} calls:{n} images:guidance {cfg.guidance_scale:g}"
     earlier = best_row(run_dir.metrics(), evaluator.metric, setting)
