@@ -140,11 +140,10 @@ class NoiseSchedule:
     def from_config(cls, config) -> NoiseSchedule:
         """The schedule a DiffusionConfig describes: linear (betas scaled by 1000 / T where not
         given) or cosine, optionally rescaled to zero terminal SNR, with its prediction type."""
-        prediction = getattr(config, "prediction", "eps")
-        kind = getattr(config, "beta_schedule", "linear")
+        prediction, kind = config.prediction, config.beta_schedule
         if kind not in BETA_SCHEDULES:
             raise ValueError(f"beta_schedule={kind!r}; choose one of {BETA_SCHEDULES}.")
-        if kind == "linear" and not getattr(config, "zero_terminal_snr", False):
+        if kind == "linear" and not config.zero_terminal_snr:
             beta_start, beta_end = config.resolved_betas()
             return cls(config.timesteps_diff, beta_start, beta_end, prediction=prediction)
         if kind == "linear":
@@ -152,7 +151,7 @@ class NoiseSchedule:
             betas = torch.linspace(beta_start, beta_end, config.timesteps_diff, dtype=torch.float64)
         else:
             betas = cosine_betas(config.timesteps_diff)
-        if getattr(config, "zero_terminal_snr", False):
+        if config.zero_terminal_snr:
             betas = rescale_zero_terminal_snr(betas)
         return cls.from_betas(betas, prediction)
 
