@@ -14,28 +14,32 @@ import math
 import pytest
 import torch
 
-from ddpm.samplers import SAMPLERS, run_sampler, timestep_list
+from ddpm.samplers import SAMPLERS, resolve_steps, run_sampler, timestep_list
+from ddpm.samplers.sigmas import SigmaTable
 from ddpm.schedule import NoiseSchedule
 
 MU, S = 0.3, 0.5
 
 
 def gaussian_eps(schedule: NoiseSchedule):
-    """The exact eps-predictor for x0 ~ N(MU, S^2 I), in float64."""
-    abar = schedule.alphas_cumprod
+    """The exact eps-predictor for x0 ~ N(MU, S^2 I), in float64, at any (fractional) timestep."""
+    table = SigmaTable(schedule)
 
     def model(x, t):
-        a, sig2 = abar[t].sqrt().view(-1, 1, 1, 1), (1 - abar[t]).view(-1, 1, 1, 1)
+        abar = {v: table.alpha_bar(v) for v in set(t.tolist())}
+        ab = torch.tensor([abar[v] for v in t.tolist()], dtype=torch.float64).view(-1, 1, 1, 1)
+        a, sig2 = ab.sqrt(), 1 - ab
         return sig2.sqrt() * (x.double() - a * MU) / (a * a * S * S + sig2)
 
     return model
 
 
-def ode_end(schedule: NoiseSchedule, x: torch.Tensor, t_from: int, t_to: int) -> torch.Tensor:
+def ode_end(schedule: NoiseSchedule, x: torch.Tensor, t_from: float, t_to: float) -> torch.Tensor:
     """The exact ODE map from x at t_from to t_to, then E[x0 | x_t_to] (the shared last step)."""
-    ab = schedule.alphas_cumprod.double()
-    a0, a1 = ab[t_from].sqrt(), ab[t_to].sqrt()
-    v0, v1 = a0**2 * S**2 + 1 - ab[t_from], a1**2 * S**2 + 1 - ab[t_to]
+    table = SigmaTable(schedule)
+    ab = torch.tensor([table.alpha_bar(t_from), table.alpha_bar(t_to)], dtype=torch.float64)
+    a0, a1 = ab[0].sqrt(), ab[1].sqrt()
+    v0, v1 = a0**2 * S**2 + 1 - ab[0], a1**2 * S**2 + 1 - ab[1]
     x_to = a1 * MU + v1.sqrt() * (x.double() - a0 * MU) / v0.sqrt()
     return MU + a1 * S**2 / v1 * (x_to - a1 * MU)
 
@@ -125,7 +129,7 @@ def test_every_sampler_keeps_per_image_seeds_and_calls_hooks(name):
         return step.x_next * 0 if step.t_next == -1 else None  # the last step's output is replaced
 
     out = run_sampler(name, model, schedule, x_T, gens(range(6)), num_steps=8, hook=hook)
-    ts = timestep_list(schedule, 8, SAMPLERS[name].default_spacing)
+    ts = resolve_steps(name, schedule, 8)
     assert seen == list(zip(ts, ts[1:] + [-1], strict=True))
     assert torch.count_nonzero(out) == 0
 
@@ -136,4 +140,4 @@ def test_sampler_options_are_checked():
     with pytest.raises(ValueError, match="takes no \\['eta'\\]"):
         run_sampler("dpmpp-2m", gaussian_eps(schedule), schedule, x_T, num_steps=5, eta=0.5)
     with pytest.raises(ValueError, match="choose one of"):
-        run_sampler("euler", gaussian_eps(schedule), schedule, x_T)
+        run_sampler("euler-maruyama", gaussian_eps(schedule), schedule, x_T)

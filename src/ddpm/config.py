@@ -18,9 +18,11 @@ EMBEDDING_PLACEMENTS = ("block_start", "after_conv1")
 # Every named choice is defined here, once; the modules that implement them import these lists.
 SAMPLE_VARIANCES = ("beta", "beta_tilde")
 CROP_MODES = ("center", "pad")
-SPACINGS = ("uniform", "logsnr")  # where a sampler's timesteps lie (samplers/base.py)
+# Where a sampler's timesteps lie (samplers/base.py, samplers/sigmas.py): the first two on the
+# model's own timesteps, the last two between them.
+SPACINGS = ("uniform", "logsnr", "karras", "exponential")
 # The registered samplers (samplers/__init__.py builds its registry in this order and checks it).
-SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde")
+SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde", "dpmpp-3m-sde", "euler", "euler-ancestral", "heun", "unipc")
 # What the network predicts, how the loss weighs the timesteps, and the beta schedule
 # (schedule.py and losses.py implement them; docs/results.md says which trains fastest).
 PREDICTIONS = ("eps", "v", "x0")

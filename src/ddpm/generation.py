@@ -146,7 +146,7 @@ def sample_images(
     Args:
         model: a UNet (its config gives the image shape); runs on its own device.
         sampler: a name from ddpm.samplers.SAMPLERS; num_steps its network calls (None = its default).
-        spacing: "uniform" or "logsnr" timesteps (None = the sampler's default).
+        spacing: where the timesteps lie, one of SPACINGS (None = the sampler's default).
         autocast_dtype: run the network under autocast to this dtype (e.g. torch.bfloat16).
         indices: which images of the run to make (default 0 .. num_images-1), e.g. one process's share.
         y: (num_images,) class labels of a class-conditional model, or None.
@@ -201,8 +201,8 @@ class Generated:
 
     @property
     def network_calls(self) -> int:
-        """Network evaluations per image (a batched forward counts once)."""
-        return len(self.timesteps)
+        """Network evaluations per image (a batched forward counts once; Heun makes two a step)."""
+        return get_sampler(self.sampler).calls(len(self.timesteps))
 
 
 def generate(
@@ -240,6 +240,7 @@ def generate(
         loaded = load_model(run, checkpoint, dev)
         sampler, num_steps, clip, options = loaded.resolve(sampler, num_steps, clip_x0, options)
         ts = resolve_steps(sampler, loaded.schedule, num_steps, spacing)
+        calls = get_sampler(sampler).calls(len(ts))
         y, per_row = None, None
         if classes:
             wanted = [loaded.class_index(c) for c in classes]
@@ -248,10 +249,10 @@ def generate(
         w = loaded.diffusion_config.guidance_scale if guidance_scale is None else guidance_scale
         if announce is not None and info.is_main:
             announce(f"{num_images} images from {loaded.path} (step {loaded.step}) with {sampler}, "
-                     f"{len(ts)} network calls" + (f", {info.world_size} processes" if info.enabled else "")
+                     f"{calls} network calls" + (f", {info.world_size} processes" if info.enabled else "")
                      + (f", classes {sorted(set(y.tolist()))} at guidance {w:g}" if y is not None else ""))
         share = distributed.shard(num_images, info)
-        x = sample_images(loaded.model, loaded.schedule, num_images, seed=seed, sampler=sampler, num_steps=len(ts),
+        x = sample_images(loaded.model, loaded.schedule, num_images, seed=seed, sampler=sampler, num_steps=calls,
                           spacing=spacing, clip_x0=clip, batch_size=batch_size,
                           autocast_dtype=resolve_precision(precision, dev), progress=progress and info.is_main,
                           indices=share, y=y, guidance_scale=w, **options)
@@ -295,6 +296,6 @@ def trajectory(
     gens = image_generators(seed, [0], device)
     cfg = loaded.model_config
     x_T = randn((1, cfg.image_channels, cfg.image_size, cfg.image_size), gens, device)
-    run_sampler(sampler, net, schedule, x_T, gens, num_steps=len(ts), spacing=spacing, clip_x0=clip, hook=record,
-                **options)
+    run_sampler(sampler, net, schedule, x_T, gens, num_steps=get_sampler(sampler).calls(len(ts)), spacing=spacing,
+                clip_x0=clip, hook=record, **options)
     return frames

@@ -47,6 +47,16 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     return 1.0 - torch.cat([abar[:1], abar[1:] / abar[:-1]])
 
 
+def _split(prediction: str, x_t: torch.Tensor, a: torch.Tensor | float, s: torch.Tensor | float,
+           out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0, eps) from the network's output for x_t = a x0 + s eps (NoiseSchedule.split says how)."""
+    if prediction == "eps":
+        return (x_t - s * out) / a, out
+    if prediction == "x0":
+        return out, (x_t - a * out) / s
+    return a * x_t - s * out, s * x_t + a * out
+
+
 class NoiseSchedule:
     """A beta schedule and the closed forms that follow from it (DDPM Eq. 4, 6, 7).
 
@@ -198,12 +208,13 @@ class NoiseSchedule:
             v:   x0 = a x_t - s v,  eps = s x_t + a v   (a^2 + s^2 = 1; no division, so v stays
                  finite at abar = 0, where x_T holds no signal: zero terminal SNR)
         """
-        if self.prediction == "eps":
-            return self.predict_x0_from_eps(x_t, t, out), out
         a, s = _gather(self.sqrt_alphas_cumprod, t, x_t), _gather(self.sqrt_one_minus_alphas_cumprod, t, x_t)
-        if self.prediction == "x0":
-            return out, (x_t - a * out) / s
-        return a * x_t - s * out, s * x_t + a * out
+        return _split(self.prediction, x_t, a, s, out)
+
+    def split_at(self, x_t: torch.Tensor, abar: float, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """split() at a noise level given as alphā itself (one for the batch), e.g. between two
+        timesteps (samplers/sigmas.py)."""
+        return _split(self.prediction, x_t, math.sqrt(abar), math.sqrt(1.0 - abar), out)
 
     def predict_x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Invert q_sample: x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""

@@ -10,7 +10,7 @@ import types
 import typing
 from typing import Any
 
-from ..config import PRESETS, DiffusionConfig, ModelConfig
+from ..config import PRESETS, SPACINGS, DiffusionConfig, ModelConfig
 
 
 def int_list(flag: str):
@@ -103,3 +103,26 @@ def configs_from_args(args: argparse.Namespace) -> tuple[DiffusionConfig, ModelC
             if value is not None:
                 kwargs[f.name] = value
     return DiffusionConfig(**diff_kwargs), ModelConfig(**model_kwargs)
+
+
+def add_sampler_options(p: argparse.ArgumentParser) -> None:
+    """The flags that tune a sampler (each applies to the samplers its help names; another is refused)."""
+    p.add_argument("--sigmas", "--spacing", dest="spacing", choices=SPACINGS, default=None,
+                   help="where the steps lie: uniform in t; uniform in log-SNR (both on the model's own "
+                   "timesteps); karras (Karras et al. 2022, rho 7); exponential (log-SNR, between timesteps). "
+                   "Default: the sampler's own")
+    p.add_argument("--eta", type=non_negative_float, default=None,
+                   help="noise: ddim (0 = deterministic, default), euler-ancestral and dpmpp-*-sde (1 = default)")
+    p.add_argument("--s-noise", type=non_negative_float, default=None,
+                   help="scale of the added noise: euler-ancestral, heun (churn), dpmpp-*-sde (default: 1)")
+    p.add_argument("--s-churn", type=non_negative_float, default=None, help="heun: EDM's S_churn (default: 0)")
+    p.add_argument("--s-tmin", type=non_negative_float, default=None, help="heun: churn only at sigma >= this (default: 0)")
+    p.add_argument("--s-tmax", type=non_negative_float, default=None, help="heun: churn only at sigma <= this (default: inf)")
+    p.add_argument("--lower-order-final", action=argparse.BooleanOptionalAction, default=None,
+                   help="dpmpp-*, unipc: first order into the last timestep (default: below 15 steps)")
+    p.add_argument("--order", type=bounded(int, 2, 3), default=None, help="unipc: 2 or 3 (default: 2)")
+
+
+def sampler_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampler settings add_sampler_options parsed (None = not given)."""
+    return {k: getattr(args, k) for k in ("eta", "s_noise", "s_churn", "s_tmin", "s_tmax", "lower_order_final", "order")}

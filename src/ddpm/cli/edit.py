@@ -8,8 +8,15 @@ from pathlib import Path
 from ..config import CROP_MODES, SAMPLE_PRECISIONS
 from ..editing import repaint_network_calls
 from ..errors import UsageError
-from ..samplers import SAMPLERS, SPACINGS
-from .args import bounded, non_negative_float, non_negative_int, positive_int
+from ..samplers import SAMPLERS, get_sampler
+from .args import (
+    add_sampler_options,
+    bounded,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    sampler_options,
+)
 
 # RePaint's defaults: the middle row of docs/edit_table.md (label kept against network calls).
 RESAMPLE, JUMP_LENGTH, COMPLETIONS = 5, 10, 4
@@ -72,8 +79,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--num-images", type=positive_int, default=8, help="variations to draw (default: 8)")
     q.add_argument("--sampler", choices=sorted(SAMPLERS), default=None, help="sampler (default: the run's)")
     q.add_argument("--sample-steps", type=positive_int, default=None, help="network calls from t (default: the sampler's)")
-    q.add_argument("--spacing", choices=SPACINGS, default=None,
-                   help="where the steps from t lie: uniform in t, or uniform in log-SNR (default: the sampler's own)")
+    add_sampler_options(q)
     q.add_argument("--npz", help="also save the results as .npz (arr_0: uint8 N,H,W,C)")
 
     q = modes.add_parser("invert", help="the DDIM latent x_T of an image, and its reconstruction",
@@ -136,9 +142,10 @@ def run(args: argparse.Namespace) -> int:
         out = inpaint(net, schedule, images.expand(n, -1, -1, -1), mask.to(device), gens, args.jump_length,
                       args.resample, loaded.diffusion_config.sample_variance, clip, y, progress=True)
     elif args.mode == "img2img":
-        sampler, steps, clip, options = loaded.resolve(args.sampler, args.sample_steps, None, {})
+        sampler, steps, clip, options = loaded.resolve(args.sampler, args.sample_steps, None, sampler_options(args))
         start = strength_start(schedule, args.strength)
-        calls = 0 if start is None else len(resolve_steps(sampler, schedule, steps, args.spacing, start))
+        calls = 0 if start is None else get_sampler(sampler).calls(len(resolve_steps(sampler, schedule, steps,
+                                                                                       args.spacing, start)))
         print(f"ddpm: img2img {n} variation(s) at strength {args.strength:g} with {sampler}: {calls} network calls "
               f"on a batch of {n}, {how}", flush=True)
         out = img2img(net, schedule, images.expand(n, -1, -1, -1), args.strength, gens, sampler, steps, y,

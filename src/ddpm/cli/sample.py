@@ -7,8 +7,14 @@ from pathlib import Path
 
 from ..config import SAMPLE_PRECISIONS
 from ..errors import UsageError
-from ..samplers import DEFAULT_SAMPLER, SAMPLERS, SPACINGS, VARIANCES
-from .args import non_negative_float, non_negative_int, positive_int
+from ..samplers import DEFAULT_SAMPLER, SAMPLERS, VARIANCES
+from .args import (
+    add_sampler_options,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    sampler_options,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,9 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample-steps", type=positive_int, default=None, metavar="K",
                    help=f"network calls per image, for every sampler (ddpm: respaced); default: the run's "
                    f"`sample_steps` with its sampler, else {defaults}")
-    p.add_argument("--spacing", choices=SPACINGS, default=None,
-                   help="where the K steps lie: uniform in t, or uniform in log-SNR (default: the sampler's own)")
-    p.add_argument("--eta", type=non_negative_float, default=None, help="ddim only: noise, 0 = deterministic, 1 = DDPM-like (default: 0)")
+    add_sampler_options(p)
     p.add_argument("--variance", choices=VARIANCES, default=None,
                    help="ddpm only: reverse variance (default: the run's sample_variance)")
     p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None,
@@ -77,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     result = generate(args.run, args.checkpoint, args.num_images, seed=args.seed, sampler=args.sampler,
                       num_steps=args.sample_steps, spacing=args.spacing, clip_x0=args.clip_x0,
                       batch_size=args.batch_size, device=args.device, precision=args.precision,
-                      announce=lambda text: print(f"ddpm: {text}"), variance=args.variance, eta=args.eta,
+                      announce=lambda text: print(f"ddpm: {text}"), variance=args.variance, **sampler_options(args),
                       classes=[c for group in args.classes or [] for c in group], guidance_scale=args.guidance_scale)
     if not result.is_main:
         return 0
@@ -98,6 +102,6 @@ def run(args: argparse.Namespace) -> int:
     if args.trajectory:
         # The resolved step count: with the sampler named, the run's own sample_steps would no longer apply.
         frames = trajectory(loaded, result.sampler, args.seed, result.network_calls, args.spacing, args.clip_x0,
-                            args.precision, variance=args.variance, eta=args.eta)
+                            args.precision, variance=args.variance, **sampler_options(args))
         print(f"ddpm: trajectory figure {trajectory_figure(frames, args.trajectory)}")
     return 0

@@ -17,10 +17,21 @@ import torch
 from ..config import DEFAULT_SAMPLER, SAMPLER_NAMES, SPACINGS
 from ..errors import UsageError
 from ..schedule import NoiseSchedule
-from .base import Generators, Hook, Model, Step, image_generators, randn, timestep_list
+from .base import (
+    Generators,
+    Hook,
+    Model,
+    Step,
+    image_generators,
+    integer_timesteps,
+    randn,
+    timestep_list,
+)
 from .ddim import ddim_sample
 from .ddpm import VARIANCES, ddpm_sample
-from .dpmpp import dpmpp_2m_sample
+from .dpmpp import dpmpp_2m_sample, dpmpp_sample
+from .euler import euler_sample, heun_sample
+from .unipc import unipc_sample
 
 
 @dataclass(frozen=True)
@@ -34,18 +45,42 @@ class SamplerSpec:
     stochastic: bool = False  # draws fresh noise at every step
     default_steps: int | None = None  # network calls when none are asked for; None = all T
     default_spacing: str = "uniform"
+    calls_per_step: int = 1  # Heun: 2 (its last step, to the clean image, takes 1)
+    integer_times: bool = False  # steps between the model's own timesteps only (ddpm: respaced chains)
+
+    def calls(self, num_timesteps: int) -> int:
+        """Network calls per image for a list of num_timesteps timesteps."""
+        return self.calls_per_step * num_timesteps - (self.calls_per_step - 1)
+
+    def timesteps_for(self, calls: int) -> int:
+        """The most timesteps whose calls fit in `calls` (at least 1)."""
+        return max((calls + self.calls_per_step - 1) // self.calls_per_step, 1)
 
 
+_LOF = ("lower_order_final",)
 SAMPLERS: dict[str, SamplerSpec] = {
     spec.name: spec
     for spec in (
         SamplerSpec("ddpm", ddpm_sample, "ancestral sampling (Algorithm 2); all T steps, or K respaced ones",
-                    options=("variance",), stochastic=True),
+                    options=("variance",), stochastic=True, integer_times=True),
         SamplerSpec("ddim", ddim_sample, "DDIM (eta = 0: deterministic)", options=("eta",), default_steps=50),
         SamplerSpec("dpmpp-2m", dpmpp_2m_sample, "DPM-Solver++(2M): deterministic, second order",
-                    default_steps=20, default_spacing="logsnr"),
-        SamplerSpec("dpmpp-2m-sde", functools.partial(dpmpp_2m_sample, stochastic=True), "SDE-DPM-Solver++(2M): stochastic, second order",
+                    options=_LOF, default_steps=20, default_spacing="logsnr"),
+        SamplerSpec("dpmpp-2m-sde", functools.partial(dpmpp_2m_sample, stochastic=True),
+                    "SDE-DPM-Solver++(2M): stochastic, second order", options=("eta", "s_noise", *_LOF),
                     stochastic=True, default_steps=20, default_spacing="logsnr"),
+        SamplerSpec("dpmpp-3m-sde", functools.partial(dpmpp_sample, order=3, eta=1.0),
+                    "SDE-DPM-Solver++(3M): stochastic, third order on its ODE part", options=("eta", "s_noise", *_LOF),
+                    stochastic=True, default_steps=20, default_spacing="logsnr"),
+        SamplerSpec("euler", euler_sample, "Euler on the sigma ODE (= DDIM, eta 0)", default_steps=50),
+        SamplerSpec("euler-ancestral", functools.partial(euler_sample, ancestral=True),
+                    "Euler with ancestral noise (k-diffusion's)", options=("eta", "s_noise"), stochastic=True,
+                    default_steps=50),
+        SamplerSpec("heun", heun_sample, "Heun, second order (EDM Alg. 1; churn: Alg. 2); 2 calls a step",
+                    options=("s_churn", "s_tmin", "s_tmax", "s_noise"), default_steps=19, default_spacing="karras",
+                    calls_per_step=2),
+        SamplerSpec("unipc", unipc_sample, "UniPC (bh2) predictor-corrector, order 2 or 3",
+                    options=("order", *_LOF), default_steps=10, default_spacing="logsnr"),
     )
 }
 # config.py names the samplers without importing them (it stays light for --help); keep the two in step.
@@ -63,12 +98,16 @@ def get_sampler(name: str) -> SamplerSpec:
 
 def resolve_steps(name: str, schedule: NoiseSchedule, num_steps: int | None, spacing: str | None = None,
                   start: int | None = None) -> list[int]:
-    """The timesteps sampler `name` visits for num_steps network calls (None = its default)."""
+    """The timesteps sampler `name` visits for num_steps network calls (None = its default).
+
+    Heun visits (num_steps + 1) // 2 (two calls each but the last); ddpm rounds fractional
+    spacings (karras, exponential) to the model's own timesteps."""
     spec = get_sampler(name)
+    top = schedule.num_timesteps if start is None else start + 1
     if num_steps is None:  # the sampler's default, but never more steps than there are
-        top = schedule.num_timesteps if start is None else start + 1
         num_steps = min(spec.default_steps or top, top)
-    return timestep_list(schedule, num_steps, spacing or spec.default_spacing, start)
+    ts = timestep_list(schedule, spec.timesteps_for(num_steps), spacing or spec.default_spacing, start)
+    return integer_timesteps(ts) if spec.integer_times else ts
 
 
 def run_sampler(
@@ -90,8 +129,8 @@ def run_sampler(
 
     Args:
         num_steps: network calls (None = the sampler's default: all T for ddpm, 50 for ddim, ...).
-        spacing: "uniform" or "logsnr" (None = the sampler's default).
-        options: sampler-specific settings (variance for ddpm, eta for ddim); None values are
+        spacing: one of SPACINGS (None = the sampler's default).
+        options: sampler-specific settings (variance for ddpm, eta for ddim, ...); None values are
             left at the sampler's default, and a setting the sampler does not take is an error.
     """
     spec = get_sampler(name)
@@ -107,5 +146,5 @@ def run_sampler(
 __all__ = [
     "DEFAULT_SAMPLER", "SAMPLERS", "SPACINGS", "VARIANCES", "SamplerSpec", "Step", "Hook", "get_sampler",
     "resolve_steps", "run_sampler", "timestep_list", "image_generators", "randn", "ddpm_sample", "ddim_sample",
-    "dpmpp_2m_sample",
+    "dpmpp_2m_sample", "dpmpp_sample", "euler_sample", "heun_sample", "unipc_sample",
 ]

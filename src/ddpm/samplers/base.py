@@ -17,6 +17,7 @@ import torch
 from ..config import SPACINGS
 from ..errors import UsageError
 from ..schedule import NoiseSchedule, _gather
+from .sigmas import SigmaTable, continuous_timesteps
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 Model = Callable[..., torch.Tensor]  # f_theta(x_t, t[, y]): eps, v or x0, as schedule.prediction says
@@ -58,12 +59,15 @@ def image_generators(seed: int, indices: Sequence[int], device: torch.device | s
     return [torch.Generator(device=device).manual_seed(seed * 1_000_003 + i) for i in indices]
 
 
-def timestep_list(schedule: NoiseSchedule, num_steps: int, spacing: str = "uniform", start: int | None = None) -> list[int]:
+def timestep_list(schedule: NoiseSchedule, num_steps: int, spacing: str = "uniform",
+                  start: int | None = None) -> list[float]:
     """num_steps distinct timesteps from `start` (default T-1) down to 0, descending.
 
     spacing "uniform" spreads them evenly in t (DDIM's choice); "logsnr" spreads them evenly in
     log-SNR = log(alphā / (1 - alphā)), which puts more of them near t = 0, where the image
-    changes most per unit of t (DPM-Solver's choice).
+    changes most per unit of t (DPM-Solver's choice). Both round to the model's own timesteps
+    (ints). "karras" (Karras et al. 2022, rho = 7) and "exponential" (log-SNR again, unrounded)
+    give fractional timesteps between the model's own (samplers/sigmas.py).
     """
     T = schedule.num_timesteps
     start = T - 1 if start is None else int(start)
@@ -75,6 +79,8 @@ def timestep_list(schedule: NoiseSchedule, num_steps: int, spacing: str = "unifo
         raise UsageError(f"spacing={spacing!r}; choose one of {SPACINGS}.")
     if num_steps == 1:
         return [start]
+    if spacing in ("karras", "exponential"):
+        return continuous_timesteps(SigmaTable(schedule), num_steps, spacing, start)
     if spacing == "uniform":
         ts = torch.linspace(start, 0, num_steps, dtype=torch.float64).round().long().tolist()
     elif float(schedule.alphas_cumprod[start]) <= 0.0:
@@ -98,15 +104,25 @@ def timestep_list(schedule: NoiseSchedule, num_steps: int, spacing: str = "unifo
     return ts
 
 
+def integer_timesteps(ts: Sequence[float]) -> list[int]:
+    """A descending timestep list rounded to the model's own timesteps, still distinct and as long
+    (for samplers that step between table entries only: ddpm)."""
+    out = [int(round(t)) for t in ts]
+    for i in range(len(out) - 2, -1, -1):
+        out[i] = max(out[i], out[i + 1] + 1)
+    return out
+
+
 def denoise(
     model: Model,
     schedule: NoiseSchedule,
     x: torch.Tensor,
-    i: int,
-    t_model: int,
+    i: float,
+    t_model: float,
     clip_x0: bool,
     y: torch.Tensor | None = None,
     need_eps: bool = False,
+    abar: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The step every sampler starts with: the network's output as (x0, eps), x0 clipped.
 
@@ -114,25 +130,41 @@ def denoise(
     sampler, guidance and editing work unchanged for each.
 
     Args:
-        i: the index of x's timestep in schedule.
-        t_model: the network's timestep for it (schedule.timesteps[i], passed as a Python int so
-            that the loop never waits on the device to read it).
+        i: the index of x's timestep in schedule; or, with abar given, a noise level between two
+            of its timesteps.
+        t_model: the network's timestep for it (schedule.timesteps[i], or the fractional timestep;
+            a Python number, so that the loop never waits on the device to read it).
         need_eps: recompute eps from the clipped x0, so that (x0, eps) stay consistent with x
             (DDIM needs that; ancestral sampling only uses x0).
+        abar: alphā at x's noise level, where i is not one of the schedule's own indices.
     Returns:
         (x0_hat, eps_hat) in float32.
     """
     b = x.shape[0]
-    t_idx = torch.full((b,), i, device=x.device, dtype=torch.long)
-    t_model = torch.full((b,), t_model, device=x.device, dtype=torch.long)
-    out = (model(x, t_model) if y is None else model(x, t_model, y)).float()
-    x0, eps = schedule.split(x, t_idx, out)
+    if abar is None:
+        t_idx = torch.full((b,), int(i), device=x.device, dtype=torch.long)
+        a = _gather(schedule.sqrt_alphas_cumprod, t_idx, x)
+        s = _gather(schedule.sqrt_one_minus_alphas_cumprod, t_idx, x)
+    else:
+        a, s = math.sqrt(abar), math.sqrt(1.0 - abar)
+    is_int = float(t_model).is_integer()
+    t_in = torch.full((b,), int(t_model) if is_int else float(t_model), device=x.device,
+                      dtype=torch.long if is_int else torch.float32)
+    out = (model(x, t_in) if y is None else model(x, t_in, y)).float()
+    x0, eps = schedule.split(x, t_idx, out) if abar is None else schedule.split_at(x, abar, out)
     if clip_x0:
         x0 = x0.clamp(-1.0, 1.0)
         if need_eps:
-            eps = (x - _gather(schedule.sqrt_alphas_cumprod, t_idx, x) * x0) / _gather(
-                schedule.sqrt_one_minus_alphas_cumprod, t_idx, x)
+            eps = (x - a * x0) / s
     return x0, eps
+
+
+def denoise_t(model: Model, schedule: NoiseSchedule, table: SigmaTable, x: torch.Tensor, t: float, clip_x0: bool,
+              y: torch.Tensor | None = None, need_eps: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """denoise() at timestep t of the training schedule, a table entry or between two (table: its SigmaTable)."""
+    if float(t).is_integer():
+        return denoise(model, schedule, x, int(t), int(t), clip_x0, y, need_eps)
+    return denoise(model, schedule, x, t, t, clip_x0, y, need_eps, abar=table.alpha_bar(t))
 
 
 def run_hook(hook: Hook | None, index: int, t: int, t_next: int, x: torch.Tensor, x0: torch.Tensor,

@@ -9,7 +9,8 @@ from tqdm.auto import tqdm
 
 from ..errors import UsageError
 from ..schedule import NoiseSchedule
-from .base import Generators, Hook, Model, denoise, randn, run_hook
+from .base import Generators, Hook, Model, denoise_t, randn, run_hook
+from .sigmas import SigmaTable
 
 
 @torch.inference_mode()
@@ -36,14 +37,13 @@ def ddim_sample(
         raise ValueError("ddim_sample needs at least one timestep.")
     if eta < 0:
         raise UsageError(f"eta={eta} must be >= 0 (0 = deterministic, 1 = DDPM-like).")
-    abar = schedule.alphas_cumprod.tolist()  # Python floats once: no device sync inside the loop
-    model_t = schedule.timesteps.tolist()
+    table = SigmaTable(schedule)  # alphā as Python floats: no device sync inside the loop
     x = x_T.float()
     for j, i in enumerate(tqdm(ts, desc="sampling (DDIM)", disable=not progress, leave=False)):
-        x0, eps = denoise(model, schedule, x, i, model_t[i], clip_x0, y, need_eps=True)
-        a_t = abar[i]
+        x0, eps = denoise_t(model, schedule, table, x, i, clip_x0, y, need_eps=True)
+        a_t = table.alpha_bar(i)
         t_next = ts[j + 1] if j + 1 < len(ts) else -1
-        a_prev = abar[t_next] if t_next >= 0 else 1.0
+        a_prev = table.alpha_bar(t_next) if t_next >= 0 else 1.0
         sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
         x_next = a_prev**0.5 * x0 + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps
         if sigma > 0:
