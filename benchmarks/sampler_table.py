@@ -8,6 +8,10 @@ Every sampler at 5, 10, 15, 20, 25 and 50 network calls (its default spacing), D
 and each few-step sampler at 10 and 20 calls with the other spacing (seed 0 only). Rows give the
 mean and the spread (min..max) over the seeds. Images are scored against the reference half of
 the digits (see docs/metric_calibration.md for what the metrics can tell apart).
+
+    # the sampler menu (solver x sigma schedule at 5-20 calls; references DDPM-T and DDIM-50):
+    .venv/bin/python benchmarks/sampler_table.py --run runs/demo --menu --out docs/sampler_menu.md \
+        --json docs/sampler_menu.json --figure docs/figures/sampler_menu.png
 """
 
 from __future__ import annotations
@@ -33,6 +37,26 @@ SHOWN = (("ddpm", None), ("ddim", 50), ("ddim", 10), ("dpmpp-2m", 10), ("dpmpp-2
          ("dpmpp-2m", 20), ("ddpm", 50))
 
 
+MENU_CALLS = (5, 6, 8, 10, 15, 20)
+# (sampler, spacing, options) rows of the menu; lower_order_final is the samplers' default below 15 calls.
+MENU = (
+    ("dpmpp-2m", "logsnr", {}), ("dpmpp-2m", "karras", {}), ("dpmpp-2m", "uniform", {}),
+    ("dpmpp-2m", "logsnr", {"lower_order_final": False}), ("dpmpp-2m", "uniform", {"lower_order_final": False}),
+    ("dpmpp-2m-sde", "logsnr", {}), ("dpmpp-2m-sde", "karras", {}),
+    ("dpmpp-3m-sde", "logsnr", {}), ("dpmpp-3m-sde", "karras", {}),
+    ("unipc", "logsnr", {}), ("unipc", "karras", {}), ("unipc", "logsnr", {"order": 3}),
+    ("heun", "karras", {}), ("euler", "karras", {}), ("euler-ancestral", "karras", {}),
+)
+
+
+def menu_configs(T: int) -> list[tuple[str, int, str, dict]]:
+    """(sampler, calls, spacing, options) for every row of the menu table, references first."""
+    rows = [("ddpm", T, "uniform", {}), ("ddim", 50, "uniform", {})]
+    for name, spacing, options in MENU:
+        rows += [(name, k, spacing, options) for k in MENU_CALLS]
+    return rows
+
+
 def configs(T: int) -> list[tuple[str, int, str, bool]]:
     """(sampler, calls, spacing, all seeds) for every row of the table."""
     rows = [("ddpm", T, "uniform", True)]
@@ -55,6 +79,8 @@ def main() -> None:
     parser.add_argument("--figure", help="quality against network calls, as a PNG")
     parser.add_argument("--grids", help="one figure of 36-image grids side by side for a few settings")
     parser.add_argument("--only", help="comma-separated sampler names to run (default: all)")
+    parser.add_argument("--menu", action="store_true", help="the sampler-menu rows (MENU) instead of the classic table")
+    parser.add_argument("--calls", help="comma-separated: only these call counts (with --menu; references always)")
     parser.add_argument("--include", help="rows measured earlier (this script's JSON lines, e.g. an interrupted "
                         "run's output): kept, and not measured again")
     args = parser.parse_args()
@@ -69,21 +95,27 @@ def main() -> None:
         text = Path(args.include).read_text()
         results = json.loads(text) if text.lstrip().startswith("[") else \
             [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-    done = {(r["sampler"], r["calls"], r["spacing"], r["seed"]) for r in results}
-    for name, calls, spacing, all_seeds in configs(T):
+    done = {(r["sampler"], r["calls"], r["spacing"], _opts(r.get("options", {})), r["seed"]) for r in results}
+    rows = menu_configs(T) if args.menu else [(n, k, sp, {}, all_seeds) for n, k, sp, all_seeds in configs(T)]
+    wanted_calls = {int(c) for c in args.calls.split(",")} if args.calls else None
+    for name, calls, spacing, options, *rest in rows:
+        all_seeds = rest[0] if rest else True
         if args.only and name not in args.only.split(","):
             continue
+        if wanted_calls and args.menu and (name, calls) not in (("ddpm", T), ("ddim", 50)) and calls not in wanted_calls:
+            continue
         for seed in seeds if all_seeds else seeds[:1]:
-            if (name, calls, spacing, seed) in done:
+            if (name, calls, spacing, _opts(options), seed) in done:
                 continue
             t0 = time.perf_counter()
             x = sample_images(loaded.model, loaded.schedule, args.num_images, seed=seed, sampler=name, num_steps=calls,
                               spacing=spacing, clip_x0=loaded.diffusion_config.clip_x0, batch_size=250,
-                              autocast_dtype=dtype,
+                              autocast_dtype=dtype, **options,
                               **({"variance": loaded.diffusion_config.sample_variance} if name == "ddpm" else {}))
             seconds = time.perf_counter() - t0
             s = digits_score(x, classifier, accuracy)
-            results.append({"sampler": name, "calls": calls, "spacing": spacing, "seed": seed, "seconds": seconds,
+            results.append({"sampler": name, "calls": SAMPLERS[name].calls(SAMPLERS[name].timesteps_for(calls)),
+                            "spacing": spacing, "options": options, "seed": seed, "seconds": seconds,
                             "fd_digits": s.fd_digits, "kd_digits": s.kd_digits, "precision": s.precision,
                             "recall": s.recall, "confidence": s.confidence, "coverage": s.coverage})
             print(json.dumps(results[-1]), flush=True)
@@ -104,9 +136,14 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     if args.figure:
-        quality_figure(results, real.fd_digits, T, args.figure)
+        (menu_figure if args.menu else quality_figure)(results, real.fd_digits, T, args.figure)
     if args.grids and shown:
         grids_figure(shown, T, args.grids)
+
+
+def _opts(options: dict) -> str:
+    """Options as a short, stable label ('' for none)."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(options.items()))
 
 
 def _spread(values: list[float], fmt: str) -> str:
@@ -124,10 +161,11 @@ def table(results: list[dict], real, loaded, args, dtype, accuracy: float) -> st
             "|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple, list[dict]] = {}
     for r in results:
-        groups.setdefault((r["sampler"], r["calls"], r["spacing"]), []).append(r)
-    for (name, calls, spacing), rs in groups.items():
+        groups.setdefault((r["sampler"], r["calls"], r["spacing"], _opts(r.get("options", {}))), []).append(r)
+    for (name, calls, spacing, opts), rs in groups.items():
         per_k = 1000 / args.num_images
-        rows.append(f"| {name} | {calls} | {spacing} | {_spread([r['fd_digits'] for r in rs], '.2f')} | "
+        label = f"{name} ({opts})" if opts else name
+        rows.append(f"| {label} | {calls} | {spacing} | {_spread([r['fd_digits'] for r in rs], '.2f')} | "
                     f"{_spread([r['recall'] for r in rs], '.3f')} | {_spread([r['precision'] for r in rs], '.3f')} | "
                     f"{_spread([r['kd_digits'] for r in rs], '.1f')} | {_spread([r['seconds'] * per_k for r in rs], '.1f')} |")
     rows.append(f"| real held-out digits (N = {real.num_samples}) | - | - | {real.fd_digits:.2f} | {real.recall:.3f} | "
@@ -159,6 +197,37 @@ def quality_figure(results: list[dict], real_fd: float, T: int, path: str) -> Pa
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.set_title("Sample quality against sampling cost (make demo model)", fontsize=10)
+    return save_figure(fig, path)
+
+
+def menu_figure(results: list[dict], real_fd: float, T: int, path: str) -> Path:
+    """FD-digits and precision against network calls, one line per (sampler, spacing, options), seed means;
+    DDPM at all T and DDIM-50 as reference lines."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    lines: dict[str, dict[int, list[dict]]] = {}
+    refs: dict[str, list[dict]] = {}
+    for r in results:
+        if (r["sampler"], r["calls"]) in (("ddpm", T), ("ddim", 50)):
+            refs.setdefault(f"{r['sampler']}-{r['calls']}", []).append(r)
+            continue
+        opts = _opts(r.get("options", {}))
+        label = f"{r['sampler']} {r['spacing']}" + (f" ({opts})" if opts else "")
+        lines.setdefault(label, {}).setdefault(r["calls"], []).append(r)
+    for ax, key, name in ((axes[0], "fd_digits", "FD-digits (lower is better)"), (axes[1], "precision", "precision")):
+        for i, (label, by_calls) in enumerate(lines.items()):
+            ks = sorted(by_calls)
+            ax.plot(ks, [statistics.mean(r[key] for r in by_calls[k]) for k in ks], marker=".", label=label,
+                    color=f"C{i % 10}", ls="-" if i < 10 else "--")
+        for j, (label, rs) in enumerate(refs.items()):
+            ax.axhline(statistics.mean(r[key] for r in rs), color="k", ls=(":", "-.")[j % 2], lw=1, label=label)
+        ax.set_xlabel("network calls per image")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        if key == "fd_digits":
+            ax.set_yscale("log")
+    axes[1].legend(fontsize=6, ncol=2)
+    fig.suptitle("The sampler menu on the demo model (mean over seeds)", fontsize=10)
     return save_figure(fig, path)
 
 

@@ -113,7 +113,19 @@ def test_few_step_samplers_from_the_command_line(tmp_path):
     r = ddpm("sample", "--run", str(run), "--sampler", "ddpm", "--sample-steps", "5", "--num-images", "2",
              "--out", str(tmp_path / "g2.png"))
     assert r.returncode == 0 and "with ddpm, 5 network calls" in r.stdout, r.stderr
+    # The menu: Heun counts two calls a step but the last; fractional (Karras) timesteps go to the .npz.
+    r = ddpm("sample", "--run", str(run), "--sampler", "heun", "--sigmas", "karras", "--sample-steps", "8",
+             "--s-churn", "1", "--num-images", "2", "--out", str(tmp_path / "h.png"), "--npz", str(tmp_path / "h.npz"))
+    assert r.returncode == 0 and "with heun, 7 network calls" in r.stdout, r.stderr
+    meta = read_npz_meta(tmp_path / "h.npz")
+    assert meta["network_calls"] == 7 and len(meta["timesteps"]) == 4 and meta["timesteps"][0] == 39
+    assert any(t != int(t) for t in meta["timesteps"])
+    r = ddpm("sample", "--run", str(run), "--sampler", "unipc", "--order", "3", "--spacing", "exponential",
+             "--num-images", "2", "--out", str(tmp_path / "u.png"))
+    assert r.returncode == 0 and "with unipc, 10 network calls" in r.stdout, r.stderr
     for bad, message in ((["--sampler", "dpmpp-2m", "--eta", "0.5"], "takes no ['eta']"),
+                         (["--sampler", "dpmpp-2m", "--s-churn", "1"], "takes no ['s_churn']"),
+                         (["--sampler", "unipc", "--order", "4"], "--order: 4 is out of range"),
                          (["--sample-steps", "0"], "--sample-steps: 0 is out of range: it must be at least 1"),
                          (["--sample-steps", "41"], "sample steps=41 must lie in 1 .. 40")):
         r = ddpm("sample", "--run", str(run), "--num-images", "2", "--out", str(tmp_path / "x.png"), *bad)
@@ -132,7 +144,8 @@ def test_help_is_the_manual():
         assert flag in r.stdout
     assert "side of the bottleneck feature map" in r.stdout  # help text from the field's metadata
     r = ddpm("sample", "--help")
-    for name in ("dpmpp-2m-sde", "--sample-steps", "--spacing", "logsnr"):
+    for name in ("dpmpp-2m-sde", "--sample-steps", "--spacing", "logsnr", "--sigmas", "karras", "heun", "unipc",
+                 "--s-churn", "--lower-order-final"):
         assert name in r.stdout
 
 
