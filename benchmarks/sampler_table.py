@@ -79,6 +79,9 @@ def main() -> None:
     parser.add_argument("--figure", help="quality against network calls, as a PNG")
     parser.add_argument("--grids", help="one figure of 36-image grids side by side for a few settings")
     parser.add_argument("--only", help="comma-separated sampler names to run (default: all)")
+    parser.add_argument("--consistency", metavar="PNG", help="only draw one seed's 12 images with --sampler-for-consistency "
+                        "at 5, 8, 10, 20, 50 calls, one row each (the same pictures, sharper with more calls)")
+    parser.add_argument("--sampler-for-consistency", default="dpmpp-2m-sde")
     parser.add_argument("--menu", action="store_true", help="the sampler-menu rows (MENU) instead of the classic table")
     parser.add_argument("--calls", help="comma-separated: only these call counts (with --menu; references always)")
     parser.add_argument("--include", help="rows measured earlier (this script's JSON lines, e.g. an interrupted "
@@ -87,6 +90,9 @@ def main() -> None:
 
     loaded = load_model(args.run)
     dtype = resolve_precision(args.precision, torch.device("cpu"))
+    if args.consistency:
+        consistency_figure(loaded, args.sampler_for_consistency, dtype, args.consistency)
+        return
     classifier, accuracy = train_digits_classifier()
     seeds = [int(s) for s in args.seeds.split(",")]
     T = loaded.schedule.num_timesteps
@@ -95,7 +101,10 @@ def main() -> None:
         text = Path(args.include).read_text()
         results = json.loads(text) if text.lstrip().startswith("[") else \
             [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-    done = {(r["sampler"], r["calls"], r["spacing"], _opts(r.get("options", {})), r["seed"]) for r in results}
+    # One row per (sampler, actual calls, spacing, options, seed): Heun asked for 6 calls makes 5.
+    key = lambda r: (r["sampler"], r["calls"], r["spacing"], _opts(r.get("options", {})), r["seed"])  # noqa: E731
+    results = list({key(r): r for r in reversed(results)}.values())[::-1]
+    done = {key(r) for r in results}
     rows = menu_configs(T) if args.menu else [(n, k, sp, {}, all_seeds) for n, k, sp, all_seeds in configs(T)]
     wanted_calls = {int(c) for c in args.calls.split(",")} if args.calls else None
     for name, calls, spacing, options, *rest in rows:
@@ -105,8 +114,10 @@ def main() -> None:
         if wanted_calls and args.menu and (name, calls) not in (("ddpm", T), ("ddim", 50)) and calls not in wanted_calls:
             continue
         for seed in seeds if all_seeds else seeds[:1]:
-            if (name, calls, spacing, _opts(options), seed) in done:
+            actual = SAMPLERS[name].calls(SAMPLERS[name].timesteps_for(calls))
+            if (name, actual, spacing, _opts(options), seed) in done:
                 continue
+            done.add((name, actual, spacing, _opts(options), seed))
             t0 = time.perf_counter()
             x = sample_images(loaded.model, loaded.schedule, args.num_images, seed=seed, sampler=name, num_steps=calls,
                               spacing=spacing, clip_x0=loaded.diffusion_config.clip_x0, batch_size=250,
@@ -114,7 +125,7 @@ def main() -> None:
                               **({"variance": loaded.diffusion_config.sample_variance} if name == "ddpm" else {}))
             seconds = time.perf_counter() - t0
             s = digits_score(x, classifier, accuracy)
-            results.append({"sampler": name, "calls": SAMPLERS[name].calls(SAMPLERS[name].timesteps_for(calls)),
+            results.append({"sampler": name, "calls": actual,
                             "spacing": spacing, "options": options, "seed": seed, "seconds": seconds,
                             "fd_digits": s.fd_digits, "kd_digits": s.kd_digits, "precision": s.precision,
                             "recall": s.recall, "confidence": s.confidence, "coverage": s.coverage})
@@ -228,6 +239,21 @@ def menu_figure(results: list[dict], real_fd: float, T: int, path: str) -> Path:
             ax.set_yscale("log")
     axes[1].legend(fontsize=6, ncol=2)
     fig.suptitle("The sampler menu on the demo model (mean over seeds)", fontsize=10)
+    return save_figure(fig, path)
+
+
+def consistency_figure(loaded, sampler: str, dtype, path: str, calls=(5, 8, 10, 20, 50), n: int = 12) -> Path:
+    """Seed 0's first n images at each number of calls, one row each."""
+    plt = pyplot()
+    fig, axes = plt.subplots(len(calls), 1, figsize=(n * 0.6, len(calls) * 0.75))
+    for ax, k in zip(axes, calls, strict=True):
+        x = sample_images(loaded.model, loaded.schedule, n, seed=0, sampler=sampler, num_steps=k,
+                          clip_x0=loaded.diffusion_config.clip_x0, autocast_dtype=dtype)
+        ax.imshow(grid_image(to_uint8(x), nrow=n, min_side=0), cmap="gray")
+        ax.set_ylabel(f"{k} calls", rotation=0, ha="right", va="center", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{sampler}, seed 0: the same images at 5 to 50 network calls", fontsize=9)
     return save_figure(fig, path)
 
 

@@ -60,10 +60,50 @@ def test_fractional_spacings_with_zero_terminal_snr_start_at_T_and_stay_finite()
         assert ts[0] == 99 and 98 >= ts[1] > ts[2]
 
 
-def test_ddpm_rounds_a_fractional_spacing_to_distinct_timesteps():
-    schedule = NoiseSchedule(50, 2e-3, 0.4)
-    ts = resolve_steps("ddpm", schedule, 30, "karras")
-    assert all(isinstance(t, int) for t in ts) and len(set(ts)) == 30 and ts == sorted(ts, reverse=True)
+@pytest.mark.parametrize(("T", "k", "kind", "start"), [(50, 30, "karras", None), (200, 150, "karras", None),
+                                                    (1000, 700, "karras", 800), (200, 200, "exponential", None)])
+def test_ddpm_rounds_a_fractional_spacing_to_distinct_timesteps_with_its_ends_kept(T, k, kind, start):
+    schedule = NoiseSchedule(T, 0.1 / T, 20.0 / T)
+    ts = resolve_steps("ddpm", schedule, k, kind, start)
+    top = T - 1 if start is None else start
+    assert all(isinstance(t, int) for t in ts) and len(set(ts)) == k and ts == sorted(ts, reverse=True)
+    assert ts[0] == top and ts[-1] == 0  # x is at ts[0]'s noise level: rounding must not move it
+    x = run_sampler("ddpm", gaussian_eps(schedule), schedule, torch.randn(2, 1, 2, 2, dtype=torch.float64),
+                    num_steps=k, spacing=kind, start=start, variance="beta")
+    assert torch.isfinite(x).all()
+
+
+def test_samplers_give_the_network_a_respaced_schedules_own_timesteps():
+    schedule = NoiseSchedule(100, 1e-3, 0.15).respace([0, 10, 30, 60, 99])
+    seen = []
+
+    def model(x, t):
+        seen.append(float(t[0]))
+        return torch.zeros_like(x)
+
+    x_T = torch.randn(1, 1, 2, 2)
+    run_sampler("ddim", model, schedule, x_T, num_steps=5)
+    assert seen == [99, 60, 30, 10, 0]
+    seen.clear()
+    run_sampler("euler", model, schedule, x_T, num_steps=3, spacing="karras")
+    assert seen[0] == 99 and seen[-1] == 0 and all(0 < t < 99 and t not in (10, 30, 60) for t in seen[1:-1])
+
+
+def test_an_unlabelled_class_conditional_model_takes_fractional_timesteps():
+    from ddpm.config import ModelConfig
+    from ddpm.unet import UNet
+
+    model = UNet(ModelConfig(lowest_resolution_size=4, dim_multiply=(1, 2), transformer_layers=(0,), base_dim=8,
+                             norm_groups=4, image_channels=1, num_classes=3)).eval()
+    torch.manual_seed(0)
+    for p in model.parameters():  # the output conv starts at zero: give every weight a value
+        p.data.normal_(0.0, 0.2)
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        out = model(x, torch.tensor([10.5, 10.5]))
+        # No label is the "no class" entry (index num_classes), whatever the timestep's dtype.
+        torch.testing.assert_close(out, model(x, torch.tensor([10.5, 10.5]), torch.tensor([3, 3])))
+        assert not torch.equal(out, model(x, torch.tensor([10, 10])))
 
 
 def test_heun_counts_two_calls_a_step_but_the_last():

@@ -128,8 +128,8 @@ def img2img(
 
     strength 0 returns the input unchanged; strength 1 starts from pure noise, which is exactly
     sampling (the same draws as sample_images with the same generators). num_steps counts the
-    network calls from t (None: the sampler's default, at most t + 1); spacing places them
-    ("uniform" or "logsnr"; None: the sampler's default).
+    network calls from t (None: the sampler's default, at most t + 1); spacing (one of SPACINGS;
+    None: the sampler's default) places them.
     """
     start = strength_start(schedule, strength)
     if start is None:

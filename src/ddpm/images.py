@@ -203,7 +203,7 @@ def trajectory_figure(frames: Sequence[tuple[int, torch.Tensor, torch.Tensor]], 
             ax = axes[i][j]
             _show(ax, img)
             if i == 0:
-                ax.set_title(f"t = {t}", fontsize=9)
+                ax.set_title(f"t = {t:.4g}", fontsize=9)
         if j == 0:
             axes[0][0].set_ylabel("x_t")
             axes[1][0].set_ylabel("predicted x_0")

@@ -253,7 +253,8 @@ class UNet(nn.Module):
         # In x's dtype, so a float64 model runs (for references); autocast still governs the MLP's matmuls.
         temb = self.time_mlp(timestep_embedding(t, self.config.base_dim).to(x.dtype))
         if self.class_emb is not None:  # no label = the "no class" entry: the unconditional model
-            labels = torch.full_like(t, self.config.num_classes) if y is None else y
+            # long whatever t is: samplers between timesteps pass a fractional (float) t.
+            labels = torch.full(t.shape, self.config.num_classes, dtype=torch.long, device=t.device) if y is None else y
             temb = temb + self.class_emb(labels).to(temb.dtype)
         temb = F.silu(temb)
         res = self._checkpointed if self.gradient_checkpointing and self.training else _call

@@ -108,8 +108,11 @@ def integer_timesteps(ts: Sequence[float]) -> list[int]:
     """A descending timestep list rounded to the model's own timesteps, still distinct and as long
     (for samplers that step between table entries only: ddpm)."""
     out = [int(round(t)) for t in ts]
-    for i in range(len(out) - 2, -1, -1):
+    # The same two passes as timestep_list: the ends stay put (x is at ts[0]'s noise level).
+    for i in range(len(out) - 2, 0, -1):
         out[i] = max(out[i], out[i + 1] + 1)
+    for i in range(1, len(out)):
+        out[i] = min(out[i], out[i - 1] - 1)
     return out
 
 
@@ -163,8 +166,8 @@ def denoise_t(model: Model, schedule: NoiseSchedule, table: SigmaTable, x: torch
               y: torch.Tensor | None = None, need_eps: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """denoise() at timestep t of the training schedule, a table entry or between two (table: its SigmaTable)."""
     if float(t).is_integer():
-        return denoise(model, schedule, x, int(t), int(t), clip_x0, y, need_eps)
-    return denoise(model, schedule, x, t, t, clip_x0, y, need_eps, abar=table.alpha_bar(t))
+        return denoise(model, schedule, x, int(t), table.model_time(t), clip_x0, y, need_eps)
+    return denoise(model, schedule, x, t, table.model_time(t), clip_x0, y, need_eps, abar=table.alpha_bar(t))
 
 
 def run_hook(hook: Hook | None, index: int, t: int, t_next: int, x: torch.Tensor, x0: torch.Tensor,

@@ -28,8 +28,11 @@ from .base import Generators, Hook, Model, denoise_t, log_snr, run_hook
 from .noise import BrownianNoise, image_seeds
 from .sigmas import SigmaTable
 
-# diffusers' `lower_order_final`: below this many steps, the step into the last timestep drops to
-# first order (its h is the longest with uniform spacing, and the multistep correction grows with it).
+# Below this many steps, the step into the last timestep drops to first order (3M: and the one
+# before it to second): its h is the longest with uniform spacing, and the multistep correction grows
+# with it. This is diffusers' `lower_order_final` where its last step ends at sigma_min
+# (final_sigmas_type="sigma_min"); with its default "zero" the step to sigma = 0 is the last one,
+# which ours always takes at first order (it returns x0_hat).
 LOWER_ORDER_FINAL_BELOW = 15
 
 
@@ -103,10 +106,14 @@ def dpmpp_sample(
             h_eta = (1.0 + eta) * h
             decay = math.exp(-eta * h) if eta > 0 else 1.0  # (0 * inf is nan where x_T holds no signal)
             x_next = (sigma_n / sigma_t * decay) * x + (alpha_n * -math.expm1(-h_eta)) * x0
-            if k == 2:
+            if k == 2 and order == 2:
                 (x0_1, h_1) = history[0]
                 # 2M: the x0_hat difference divided by r = h_1 / h, taken at the midpoint.
                 x_next = x_next + (alpha_n * -math.expm1(-h_eta) * 0.5 * h / h_1) * (x0 - x0_1)
+            elif k == 2:  # 3M's second-order steps (ramp-up, lowered final): k-diffusion's phi_2 form
+                (x0_1, h_1) = history[0]
+                phi_2 = math.expm1(-h_eta) / h_eta + 1.0
+                x_next = x_next + (alpha_n * phi_2 * h / h_1) * (x0 - x0_1)
             elif k == 3:
                 (x0_1, h_1), (x0_2, h_2) = history[0], history[1]
                 r0, r1 = h_1 / h, h_2 / h

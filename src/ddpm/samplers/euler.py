@@ -104,7 +104,7 @@ def heun_sample(
     x~_hat = x~ + sqrt(sigma_hat^2 - sigma^2) s_noise z at sigma_hat = sigma (1 + gamma); then
     x~_next = x~_hat + (sigma_next - sigma_hat) (eps_hat(x~_hat) + eps_hat(Euler end)) / 2, and
     the last step, to the clean image, is x0_hat. A step from an infinite sigma (zero terminal
-    SNR's x_T) is an Euler step. 2n - 1 network calls for n timesteps.
+    SNR's x_T) is an Euler step, so there n timesteps take 2n - 2 calls instead of 2n - 1.
 
     Args:
         s_churn: total churn (EDM's S_churn; 0 = the deterministic Alg. 1).
@@ -115,7 +115,9 @@ def heun_sample(
     ts = list(timesteps)
     if not ts:
         raise ValueError("heun_sample needs at least one timestep.")
-    check_noise(s_churn, s_noise)
+    check_noise(0.0, s_noise)
+    if not (math.isfinite(s_churn) and s_churn >= 0):
+        raise UsageError(f"s_churn={s_churn} must be a finite number >= 0.")
     if not s_tmin <= s_tmax:
         raise UsageError(f"s_tmin={s_tmin} must be <= s_tmax={s_tmax}.")
     table = SigmaTable(schedule)

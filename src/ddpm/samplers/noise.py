@@ -69,14 +69,20 @@ def hashed_normal(image_keys: torch.Tensor, node: int, shape: Sequence[int]) -> 
     return z.float().view(image_keys.shape[0], *shape)
 
 
+def _draw_key(generator: torch.Generator | None) -> int:
+    kw = {} if generator is None else {"generator": generator, "device": generator.device}
+    return int(torch.randint(0, 2**62, (1,), **kw).item())
+
+
 def image_seeds(generator: torch.Generator | Sequence[torch.Generator] | None, batch: int) -> list[int]:
-    """One seed per image: each per-image generator's own seed, or (the batch generator's seed, row)."""
-    if generator is None:
-        base = int(torch.randint(0, 2**62, (1,)).item())
+    """One seed per image, drawn from its generator (or, with one generator, one draw and the row).
+
+    Drawn from the generator's current state, not its initial seed: a sampler takes it right after
+    x_T, so it is the same at any number of steps, and a generator used again draws a new path."""
+    if generator is None or isinstance(generator, torch.Generator):
+        base = _draw_key(generator)
         return [_mix(base, i) for i in range(batch)]
-    if isinstance(generator, torch.Generator):
-        return [_mix(generator.initial_seed(), i) for i in range(batch)]
-    return [_mix(g.initial_seed()) for g in generator]
+    return [_draw_key(g) for g in generator]
 
 
 class BrownianNoise:

@@ -29,6 +29,8 @@ class SigmaTable:
         """Read the schedule's alphā once (a CPU copy: nothing in a sampling loop waits on a device)."""
         self.abar = schedule.alphas_cumprod.detach().cpu().double().numpy()
         self.num_timesteps = len(self.abar)
+        # The network's timestep for each index: the index itself, except in a respaced schedule.
+        self.model_t = schedule.timesteps.detach().cpu().double().numpy()
         with np.errstate(divide="ignore"):
             self.log_sigma = 0.5 * (np.log1p(-self.abar) - np.log(self.abar))  # +inf where alphā = 0
 
@@ -47,6 +49,12 @@ class SigmaTable:
         if w == 0.0:
             return float(self.log_sigma[lo])
         return float((1.0 - w) * self.log_sigma[lo] + w * self.log_sigma[lo + 1])
+
+    def model_time(self, t: float) -> float:
+        """The network's timestep at t: the schedule's own at integers (an int), linear between them."""
+        if float(t).is_integer():
+            return int(self.model_t[int(t)])
+        return float(np.interp(t, np.arange(self.num_timesteps, dtype=np.float64), self.model_t))
 
     def sigma(self, t: float) -> float:
         """sigma = sqrt((1 - alphā) / alphā) at timestep t (inf at a zero-terminal-SNR T-1)."""
