@@ -150,3 +150,37 @@ def test_eval_reports_fd_digits_only_for_digit_like_samples(tmp_path, capsys, mo
     report = json.loads(capsys.readouterr().out)
     assert "digits" not in report and "16x16 grayscale" in report["digits_unavailable"]
     assert report["fid"] > 0 and report["num_reference"] == 50
+
+
+def test_stats_then_eval_ref_gives_the_fid_of_computing_both_sides_at_once(tmp_path, capsys, monkeypatch):
+    # A fixed projection stands in for Inception (what ddpm stats/eval do around it is under test).
+    import ddpm.metrics
+    from ddpm.cli import main
+    from ddpm.data import load_dataset
+
+    proj = torch.randn(16 * 16 * 3, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    monkeypatch.setattr(ddpm.metrics, "inception_status", lambda: None)
+    monkeypatch.setattr(ddpm.metrics, "inception_features",
+                        lambda x: (x.repeat(1, 3 // x.shape[1], 1, 1).flatten(1).double() @ proj).numpy())
+    ref = tmp_path / "ref.npz"
+    assert main(["stats", "digits", "--image-size", "16", "--channels", "3", "--max-images", "300",
+                 "--out", str(ref)]) == 0
+    assert "300 images of digits" in capsys.readouterr().out
+    samples = _npz(tmp_path / "s.npz", (40, 16, 16, 3), seed=1)
+    assert main(["eval", samples, "--ref", str(ref)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    # The same FID from both sides' features at once, through the float64 reference formula.
+    data = load_dataset("digits", 16, 3)
+    f_ref = ddpm.metrics.inception_features(torch.stack([data[i] for i in range(300)]))
+    x = torch.from_numpy(np.load(samples)["arr_0"]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    f_fake = ddpm.metrics.inception_features(x)
+    want = frechet_distance(f_fake.mean(0), np.cov(f_fake, rowvar=False), f_ref.mean(0), np.cov(f_ref, rowvar=False))
+    assert report["fid"] == pytest.approx(want, rel=1e-9) and report["num_reference"] == 300
+    assert main(["eval", samples, "--max-reference", "300"]) == 0  # and reading the dataset again
+    assert json.loads(capsys.readouterr().out)["fid"] == pytest.approx(want, rel=1e-9)
+    # A reference of other images, or no file, is one line naming the file and the fix.
+    assert main(["eval", _npz(tmp_path / "g.npz", (40, 16, 16, 1)), "--ref", str(ref)]) == 2
+    err = capsys.readouterr().err
+    assert "3x16x16" in err and "--channels 1" in err and err.count("\n") == 1
+    assert main(["eval", samples, "--ref", str(tmp_path / "none.npz")]) == 2
+    assert "none.npz: no such file" in capsys.readouterr().err

@@ -8,13 +8,17 @@ plus the classifier's confidence and class coverage of the samples.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .errors import UsageError
 
 CLASSIFIER_SIZE = 16  # the digits classifier sees every image resized to 16x16 grayscale
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's file name
@@ -33,6 +37,28 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     m = root1 @ s2 @ root1
     tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt)
+
+
+def save_reference_statistics(path: str | Path, features: np.ndarray, **meta: Any) -> Path:
+    """Write features' mean and covariance as a .npz (keys mu, sigma: the EDM / guided-diffusion
+    reference-file convention), with `meta` (dataset, image size, count) as a JSON string."""
+    mu, sigma = feature_statistics(features)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, mu=mu, sigma=sigma, meta=np.array(json.dumps({"num_images": int(len(features)), **meta})))
+    return path
+
+
+def load_reference_statistics(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(mu, sigma, meta) of a reference .npz written by save_reference_statistics (or EDM's fid.py ref)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--ref {path}: no such file (make one with `ddpm stats DATASET --out {path}`).")
+    with np.load(path) as f:
+        if "mu" not in f or "sigma" not in f:
+            raise UsageError(f"--ref {path} has keys {sorted(f.keys())}, not mu and sigma: make it with `ddpm stats`.")
+        meta = json.loads(str(f["meta"])) if "meta" in f else {}
+        return f["mu"], f["sigma"], meta
 
 
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -246,28 +272,41 @@ def digits_score(samples: torch.Tensor, classifier: DigitsClassifier | None = No
     )
 
 
+def inception_weights_path() -> Path:
+    """Where torch-fidelity keeps (and downloads) the Inception-v3 weights: torch hub's checkpoints folder."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS
+
+
 def inception_status() -> str | None:
-    """None if Inception-v3 FID/KID can run here, else a message saying what is missing."""
-    hub = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS
+    """None if Inception-v3 FID/KID can run here, else a message saying what is missing.
+
+    The weights need not be here: torch-fidelity downloads them on first use, as its users expect
+    (inception_features says in one line where to put them when that fails, e.g. offline)."""
     try:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3  # noqa: F401
     except Exception as err:  # not installed, or its torchvision does not import beside this torch
         return (f"FID/KID need torch-fidelity's Inception-v3 (import failed: {type(err).__name__}: {err}). Install "
-                "`torch-fidelity` (it needs a torchvision that imports beside your torch) and put its weights file "
-                f"{INCEPTION_WEIGHTS} at {hub}. For the built-in digits, the FD-digits metric needs nothing.")
-    if not hub.is_file():
-        return (f"FID/KID need the Inception-v3 weights {INCEPTION_WEIGHTS} at {hub} (no download happens here); "
-                "copy the file there from a machine that has it.")
+                "`torch-fidelity` (it needs a torchvision that imports beside your torch); it fetches its weights "
+                f"{INCEPTION_WEIGHTS} into {inception_weights_path().parent} on first use. For the built-in digits, "
+                "the FD-digits metric needs nothing.")
     return None
 
 
 @torch.no_grad()
 def inception_features(images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-    """2048-d Inception-v3 pool features of (N, C, H, W) images in [-1, 1] (needs inception_status() None)."""
+    """2048-d Inception-v3 pool features of (N, C, H, W) images in [-1, 1] (needs inception_status() None).
+
+    The weights are read from inception_weights_path(), or downloaded there by torch-fidelity; a
+    failed download (offline) is a UsageError that says where to put the file."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                      feature_extractor_weights_path=str(Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS))
+    path = inception_weights_path()
+    try:
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                          feature_extractor_weights_path=str(path) if path.is_file() else None)
+    except Exception as err:  # the download failed: no network, a proxy, a full disk
+        raise UsageError(f"could not fetch the Inception-v3 weights ({type(err).__name__}: {err}); put "
+                         f"{INCEPTION_WEIGHTS} at {path} (from a machine that has it) and run again.") from None
     out = []
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size]

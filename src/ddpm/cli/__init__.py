@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import edit, export, noise, sample, train
+from . import edit, export, noise, sample, stats, train
 from . import eval as eval_cmd
 
 EPILOG = """examples:
@@ -20,10 +20,12 @@ EPILOG = """examples:
   ddpm noise --dataset digits --timesteps 0,66,132,200 --out forward.png
   ddpm train --preset demo --out runs/demo --resume --max-steps 8000   # continue a run
   ddpm export --run runs/demo --out demo.safetensors
+  ddpm stats cifar10 --out cifar10_ref.npz                # Inception statistics once, then:
+  ddpm eval samples.npz --ref cifar10_ref.npz             # FID against them
   tensorboard --logdir runs/demo                    # watch a run (pip install tensorboard)
 """
 
-COMMANDS = (train, sample, edit, eval_cmd, export, noise)
+COMMANDS = (train, sample, edit, eval_cmd, stats, export, noise)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,edit,eval,export,noise}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,edit,eval,stats,export,noise}")
     for command in COMMANDS:
         command.add_parser(sub)
     return parser

@@ -19,12 +19,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "grayscale samples (as the demo draws; others are not scored as digits): FD-digits (Fréchet distance of a project-trained digits classifier's features against a fixed "
                        "half of the 1,797 digits), the classifier's confidence and class coverage, and, when the .npz has "
                        "arr_1 (class-conditional samples), how often each sample is the digit asked for. For any dataset: FID and KID "
-                       "with Inception-v3 when torch-fidelity and its weights are on this machine (nothing is "
-                       "downloaded); otherwise a message says what is missing.")
+                       "with Inception-v3 when torch-fidelity is installed (it fetches its weights on first use; offline, "
+                       "a message says where to put them), against --dataset's images or against statistics made once "
+                       "with `ddpm stats` (--ref); otherwise a message says what is missing.")
     p.add_argument("samples", help="samples .npz (arr_0: uint8 N,H,W,C) or folder of PNGs")
     p.add_argument("--dataset", default="digits", help="reference dataset (default: digits)")
     p.add_argument("--data-root", default=None, help="folder holding named datasets")
     p.add_argument("--max-reference", type=positive_int, default=50_000, help="reference images for FID (default: 50000)")
+    p.add_argument("--ref", metavar="REF.npz", help="FID against these Inception statistics (from `ddpm stats`, or "
+                   "EDM's fid.py ref) instead of reading --dataset's images; KID needs the images, so it is left out")
     p.add_argument("--json", help="also write the report to this file")
     p.set_defaults(func=run)
 
@@ -57,14 +60,26 @@ def run(args: argparse.Namespace) -> int:
             frechet_distance,
             inception_features,
             kernel_distance,
+            load_reference_statistics,
         )
 
-        ref = load_dataset(args.dataset, samples.shape[-1], samples.shape[1], args.data_root)
-        ref_x = torch.stack([ref[i] for i in range(min(len(ref), args.max_reference))])
-        f_ref, f_fake = inception_features(ref_x), inception_features(samples)
-        report["fid"] = frechet_distance(*feature_statistics(f_fake), *feature_statistics(f_ref))
-        report["kid_mean"], report["kid_std"] = kernel_distance(f_fake, f_ref)
-        report["num_reference"] = int(np.shape(f_ref)[0])
+        if args.ref:
+            mu, sigma, meta = load_reference_statistics(args.ref)
+            shape = (meta.get("channels"), meta.get("image_size"))
+            if None not in shape and shape != (samples.shape[1], samples.shape[-1]):
+                raise UsageError(f"--ref {args.ref} holds statistics of {shape[0]}x{shape[1]}x{shape[1]} images, the "
+                                 f"samples are {samples.shape[1]}x{samples.shape[-1]}x{samples.shape[-1]}: make them with "
+                                 f"`ddpm stats ... --image-size {samples.shape[-1]} --channels {samples.shape[1]}`.")
+            report["fid"] = frechet_distance(*feature_statistics(inception_features(samples)), mu, sigma)
+            report["num_reference"] = meta.get("num_images")
+            report["reference"] = str(args.ref)
+        else:
+            ref = load_dataset(args.dataset, samples.shape[-1], samples.shape[1], args.data_root)
+            ref_x = torch.stack([ref[i] for i in range(min(len(ref), args.max_reference))])
+            f_ref, f_fake = inception_features(ref_x), inception_features(samples)
+            report["fid"] = frechet_distance(*feature_statistics(f_fake), *feature_statistics(f_ref))
+            report["kid_mean"], report["kid_std"] = kernel_distance(f_fake, f_ref)
+            report["num_reference"] = int(np.shape(f_ref)[0])
     else:
         report["fid"] = None
         report["fid_unavailable"] = missing
