@@ -223,6 +223,10 @@ MODEL_RANGES = {
     "num_classes": _ints(0),
     "dropout": _floats(0.0, 1.0),
     "embedding_placement": _choice(EMBEDDING_PLACEMENTS),
+    "norm_eps": _floats(0.0, 1.0, low_open=True),
+    "downsample_padding": (st.sampled_from([0, 1]), st.one_of(st.integers(-5, -1), st.integers(2, 5), NOT_AN_INT)),
+    "embedding_freq_shift": (st.sampled_from([0, 1]), st.one_of(st.integers(-5, -1), st.integers(2, 5), NOT_AN_INT)),
+    "embedding_flip_sin_to_cos": (st.booleans(), st.sampled_from([0, 1, "yes", None])),
 }
 MODEL_COUPLED = ("dim_multiply", "transformer_layers", "base_dim", "norm_groups", "attention_heads")
 

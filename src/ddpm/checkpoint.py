@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .config import DiffusionConfig, ModelConfig, config_from_dict
+from .errors import CheckpointError
 from .run_dir import RunDir
 from .unet import UNet
 
@@ -29,10 +30,6 @@ def _v0_to_v1(state: dict[str, Any]) -> dict[str, Any]:
 
 
 MIGRATIONS = {0: _v0_to_v1}  # version v -> the function that turns a v state into a v + 1 state
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file cannot be used; the message names the file and why."""
 
 
 class CheckpointWriteError(CheckpointError):
@@ -156,7 +153,8 @@ def _json_or_text(text: str) -> Any:
 def model_from_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[UNet, DiffusionConfig, ModelConfig, int]:
-    """The EMA model (eval mode), its configs and its training step, from a checkpoint or an export."""
+    """The EMA model (eval mode), its configs and its training step, from a checkpoint, an export or a
+    diffusers model folder."""
     path = Path(path)
     return model_from_state(_load_model_state(path, map_location), path, map_location)
 
@@ -176,6 +174,13 @@ def model_from_state(
 
 
 def _load_model_state(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    if path.is_dir():
+        if (path / "checkpoints").is_dir():
+            raise CheckpointError(f"{path} is a run folder: pass it as --run (its newest checkpoint), or one of its "
+                                  "checkpoints/step_*.pt as --checkpoint.")
+        from .interop import read_diffusers
+
+        return read_diffusers(path)  # a diffusers model folder (UNet2DModel + DDPMScheduler)
     return _load_safetensors(path, map_location) if path.suffix == ".safetensors" else load_checkpoint(path, map_location)
 
 
@@ -199,8 +204,9 @@ def latest_valid_checkpoint(run: RunDir, map_location: str | torch.device = "cpu
 def load_source(
     checkpoint: str | Path | None, run_dir: str | Path | None, map_location: str | torch.device = "cpu"
 ) -> tuple[dict[str, Any], Path]:
-    """(state, path) of the model a command should use: the given checkpoint or export, else the
-    newest checkpoint of run_dir that loads (broken newer ones are reported and passed over)."""
+    """(state, path) of the model a command should use: the given checkpoint, export or diffusers
+    model folder, else the newest checkpoint of run_dir that loads (broken newer ones are reported
+    and passed over)."""
     if checkpoint is not None:
         path = Path(checkpoint)
         return _load_model_state(path, map_location), path

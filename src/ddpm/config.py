@@ -92,6 +92,12 @@ class ModelConfig:
     attention_heads: int = _f(1, "heads of each self-attention layer (paper: 1)")
     embedding_placement: str = _f("block_start", "Where the timestep embedding enters a ResNet block: \"block_start\" adds it to the block's input as the seed describes; \"after_conv1\" is the official DDPM placement.")
     num_classes: int = _f(0, "class-conditional model over this many classes (a learned class embedding added to the timestep embedding, plus a 'no class' entry); 0 = unconditional")
+    # How the official DDPM models (google/ddpm-*, diffusers' UNet2DModel) differ in detail; the defaults
+    # are this project's own, so that every earlier model is unchanged.
+    norm_eps: float = _f(1e-5, "epsilon of every GroupNorm (PyTorch's default; the official DDPM models: 1e-6)")
+    downsample_padding: int = _f(1, "padding of the stride-2 downsampling convolution: 1 = one pixel on every side; 0 = one pixel on the right and bottom only, TensorFlow's 'SAME' (the official DDPM models)")
+    embedding_flip_sin_to_cos: bool = _f(False, "order of the sinusoidal timestep embedding: False = sines then cosines (the official DDPM code), True = cosines first")
+    embedding_freq_shift: int = _f(1, "the timestep embedding's frequencies are 10000^(-i / (half - shift)), i = 0 .. half - 1, half = base_dim / 2: 1 = from 1 down to exactly 1/10000 (the official DDPM code); 0 = as in 'Attention is all you need'")
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -127,6 +133,11 @@ class ModelConfig:
         _require(self.num_classes >= 0, f"ModelConfig.num_classes={self.num_classes} must be >= 0 (0 = unconditional).")
         _require(self.embedding_placement in EMBEDDING_PLACEMENTS,
                  f"ModelConfig.embedding_placement={self.embedding_placement!r}; choose one of {EMBEDDING_PLACEMENTS}.")
+        _require(0.0 < self.norm_eps < 1.0, f"ModelConfig.norm_eps={self.norm_eps} must lie in (0, 1) (default 1e-5; official DDPM: 1e-6).")
+        _require(self.downsample_padding in (0, 1),
+                 f"ModelConfig.downsample_padding={self.downsample_padding}; choose 1 (every side) or 0 (right and bottom only).")
+        _require(self.embedding_freq_shift in (0, 1),
+                 f"ModelConfig.embedding_freq_shift={self.embedding_freq_shift}; choose 1 (official DDPM) or 0.")
 
     @property
     def image_size(self) -> int:

@@ -73,7 +73,8 @@ class LoadedModel:
 
 def load_model(run: str | Path | None = None, checkpoint: str | Path | None = None,
                device: torch.device | str = "cpu") -> LoadedModel:
-    """The EMA model of a checkpoint or export, or of a run folder's newest checkpoint that loads."""
+    """The EMA model of a checkpoint, an export or a diffusers model folder, or of a run folder's newest
+    checkpoint that loads."""
     from .checkpoint import load_source, model_from_state
 
     state, path = load_source(checkpoint, run, device)

@@ -16,20 +16,24 @@ from torch.utils.checkpoint import checkpoint
 from .config import ModelConfig
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, flip_sin_to_cos: bool = False,
+                       freq_shift: int = 1) -> torch.Tensor:
     """Sinusoidal embedding of integer timesteps ("Attention is all you need", Sec. 3.5).
 
     Args:
         t: (B,) timesteps (any numeric dtype).
-        dim: embedding width; the first half are sines, the second cosines.
+        dim: embedding width; the first half are sines, the second cosines (flip_sin_to_cos: the reverse).
+        freq_shift: frequency i of half = dim // 2 is max_period^(-i / (half - freq_shift)): 1 spans
+            1 .. 1/max_period exactly, as the official DDPM code does; 0 is the Transformer's spacing.
     Returns:
         (B, dim) float32 features.
     """
     half = dim // 2
-    # Frequencies from 1 down to 1/max_period, geometrically spaced, as in the official DDPM code.
-    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / max(half - 1, 1)
+    # Frequencies from 1 down to (about) 1/max_period, geometrically spaced.
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / max(half - freq_shift, 1)
     angles = t.float()[:, None] * torch.exp(exponent)[None, :]
-    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    sin, cos = torch.sin(angles), torch.cos(angles)
+    emb = torch.cat([cos, sin] if flip_sin_to_cos else [sin, cos], dim=1)
     if dim % 2:
         emb = F.pad(emb, (0, 1))
     return emb
@@ -49,13 +53,14 @@ class ResBlock(nn.Module):
     "after_conv1" adds it after the first convolution, as the official implementation does.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float, groups: int, placement: str) -> None:
+    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float, groups: int, placement: str,
+                 eps: float = 1e-5) -> None:
         super().__init__()
         self.embed_at_start = placement == "block_start"
         self.temb_proj = nn.Linear(temb_dim, in_ch if self.embed_at_start else out_ch)
-        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.norm1 = nn.GroupNorm(groups, in_ch, eps=eps)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.norm2 = nn.GroupNorm(groups, out_ch, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = _zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
@@ -114,10 +119,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
 class AttentionBlock(nn.Module):
     """Self-attention over the H*W positions with a residual connection (DDPM Appendix B)."""
 
-    def __init__(self, channels: int, groups: int, heads: int) -> None:
+    def __init__(self, channels: int, groups: int, heads: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.heads = heads
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = nn.GroupNorm(groups, channels, eps=eps)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj_out = _zero_init(nn.Linear(channels, channels))
 
@@ -133,13 +138,21 @@ class AttentionBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve the resolution with a stride-2 3x3 convolution."""
+    """Halve the resolution with a stride-2 3x3 convolution.
 
-    def __init__(self, channels: int) -> None:
+    padding 1 pads every side; padding 0 pads one pixel on the right and bottom only (TensorFlow's
+    "SAME" for an even input, which the official DDPM models were trained with): the 3x3 windows
+    then start at pixel 0 instead of -1.
+    """
+
+    def __init__(self, channels: int, padding: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.pad_right_bottom = padding == 0
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad_right_bottom:
+            x = F.pad(x, (0, 1, 0, 1))
         return self.conv(x)
 
 
@@ -179,15 +192,16 @@ class UNet(nn.Module):
         self.config = config
         # Recompute each ResNet block's activations in backward instead of storing them (training only).
         self.gradient_checkpointing = False
-        base, groups, drop = config.base_dim, config.norm_groups, config.dropout
+        base, groups, drop, eps = config.base_dim, config.norm_groups, config.dropout, config.norm_eps
         temb_dim = 4 * base
         levels = len(config.dim_multiply)
 
         def res(i: int, o: int) -> ResBlock:
-            return ResBlock(i, o, temb_dim, drop, groups, config.embedding_placement)
+            return ResBlock(i, o, temb_dim, drop, groups, config.embedding_placement, eps)
 
         def attn(ch: int, level: int) -> nn.Module:
-            return AttentionBlock(ch, groups, config.attention_heads) if level in config.transformer_layers else nn.Identity()
+            return (AttentionBlock(ch, groups, config.attention_heads, eps) if level in config.transformer_layers
+                    else nn.Identity())
 
         # Timestep embedding: sinusoid -> Linear -> SiLU -> Linear (official DDPM).
         self.time_mlp = nn.Sequential(nn.Linear(base, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
@@ -207,12 +221,12 @@ class UNet(nn.Module):
                 stage.attns.append(attn(ch, level))
                 skip_channels.append(ch)
             if level != levels - 1:
-                stage.resample = Downsample(ch)
+                stage.resample = Downsample(ch, config.downsample_padding)
                 skip_channels.append(ch)
             self.down.append(stage)
 
         self.mid_block1 = res(ch, ch)
-        self.mid_attn = AttentionBlock(ch, groups, config.attention_heads)
+        self.mid_attn = AttentionBlock(ch, groups, config.attention_heads, eps)
         self.mid_block2 = res(ch, ch)
 
         self.up = nn.ModuleList()
@@ -227,7 +241,7 @@ class UNet(nn.Module):
             self.up.append(stage)
         assert not skip_channels, "every skip connection is used exactly once"
 
-        self.norm_out = nn.GroupNorm(groups, ch)
+        self.norm_out = nn.GroupNorm(groups, ch, eps=eps)
         self.conv_out = _zero_init(nn.Conv2d(ch, config.image_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -251,7 +265,9 @@ class UNet(nn.Module):
                 f"(image_size = lowest_resolution_size * 2**(levels-1)), got {tuple(x.shape)}."
             )
         # In x's dtype, so a float64 model runs (for references); autocast still governs the MLP's matmuls.
-        temb = self.time_mlp(timestep_embedding(t, self.config.base_dim).to(x.dtype))
+        sinusoid = timestep_embedding(t, self.config.base_dim, flip_sin_to_cos=self.config.embedding_flip_sin_to_cos,
+                                      freq_shift=self.config.embedding_freq_shift)
+        temb = self.time_mlp(sinusoid.to(x.dtype))
         if self.class_emb is not None:  # no label = the "no class" entry: the unconditional model
             # long whatever t is: samplers between timesteps pass a fractional (float) t.
             labels = torch.full(t.shape, self.config.num_classes, dtype=torch.long, device=t.device) if y is None else y

@@ -1,4 +1,4 @@
-"""`ddpm train | sample | edit | eval | export | noise`: the command line, one module per subcommand.
+"""`ddpm train | sample | edit | eval | stats | export | convert | noise`: the command line, one module per subcommand.
 
 Each module registers its parser and runs one library call; `ddpm <command> --help` is its manual.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import edit, export, noise, sample, stats, train
+from . import convert, edit, export, noise, sample, stats, train
 from . import eval as eval_cmd
 
 EPILOG = """examples:
@@ -20,23 +20,24 @@ EPILOG = """examples:
   ddpm noise --dataset digits --timesteps 0,66,132,200 --out forward.png
   ddpm train --preset demo --out runs/demo --resume --max-steps 8000   # continue a run
   ddpm export --run runs/demo --out demo.safetensors
+  ddpm convert ddpm-cifar10-32 --out cifar10.safetensors  # a diffusers model folder (google/ddpm-*)
   ddpm stats cifar10 --out cifar10_ref.npz                # Inception statistics once, then:
   ddpm eval samples.npz --ref cifar10_ref.npz             # FID against them
   tensorboard --logdir runs/demo                    # watch a run (pip install tensorboard)
 """
 
-COMMANDS = (train, sample, edit, eval_cmd, stats, export, noise)
+COMMANDS = (train, sample, edit, eval_cmd, stats, export, convert, noise)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The `ddpm` argument parser with its subcommands."""
     parser = argparse.ArgumentParser(
         prog="ddpm",
-        description="Denoising Diffusion Probabilistic Models (Ho et al., 2020): train, sample, export, and show the forward process.",
+        description="Denoising Diffusion Probabilistic Models (Ho et al., 2020): train, sample, export, convert, and show the forward process.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,edit,eval,stats,export,noise}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,edit,eval,stats,export,convert,noise}")
     for command in COMMANDS:
         command.add_parser(sub)
     return parser

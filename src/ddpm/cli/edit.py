@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                precision: str = "network precision (default: auto, bf16 where the device runs it natively)") -> None:
         src = q.add_mutually_exclusive_group(required=True)
         src.add_argument("--run", "--run-dir", dest="run", help="run folder: its newest checkpoint is used")
-        src.add_argument("--checkpoint", help="checkpoint file or an exported .safetensors")
+        src.add_argument("--checkpoint", help="checkpoint file, an exported .safetensors, or a diffusers model folder")
         q.add_argument("--image", action="append", required=True, help=images)
         q.add_argument("--out", required=True, help="output PNG")
         q.add_argument("--seed", type=non_negative_int, default=0, help="seed of every random draw (default: 0)")

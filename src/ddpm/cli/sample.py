@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", "--run-dir", dest="run", help="run folder: its newest checkpoint is used (under torchrun, "
                      "spell it --run-dir: torchrun takes --run for its own --run-path)")
-    src.add_argument("--checkpoint", help="checkpoint file (RUN_DIR/checkpoints/step_*.pt) or an exported .safetensors")
+    src.add_argument("--checkpoint", help="checkpoint file (RUN_DIR/checkpoints/step_*.pt), an exported .safetensors, "
+                     "or a diffusers model folder (e.g. google/ddpm-cifar10-32, downloaded)")
     p.add_argument("--num-images", type=positive_int, default=64, help="how many images (default: 64)")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None,
                    help=f"{samplers} (default: the run's `sampler`, {DEFAULT_SAMPLER} unless it was trained with another)")
