@@ -56,7 +56,12 @@ wheel-check: $(VENV)/.installed
 	  /tmp/ddpm-wheel/venv/bin/ddpm train --preset demo --out runs/demo --max-steps 3 --num-sample-images 4 && \
 	  /tmp/ddpm-wheel/venv/bin/ddpm sample --run runs/demo --num-images 8 --sampler dpmpp-2m --npz s.npz --out g.png && \
 	  /tmp/ddpm-wheel/venv/bin/ddpm eval s.npz && /tmp/ddpm-wheel/venv/bin/ddpm noise --out fwd.png && \
-	  /tmp/ddpm-wheel/venv/bin/ddpm export --run runs/demo --out m.safetensors
+	  /tmp/ddpm-wheel/venv/bin/ddpm export --run runs/demo --out m.safetensors && \
+	  /tmp/ddpm-wheel/venv/bin/ddpm train --preset demo --embedding-placement after_conv1 --out runs/official \
+	    --max-steps 2 --num-sample-images 0 && \
+	  /tmp/ddpm-wheel/venv/bin/ddpm export --run runs/official --format diffusers --out official-diffusers && \
+	  /tmp/ddpm-wheel/venv/bin/ddpm sample --checkpoint official-diffusers --num-images 4 --out d.png && \
+	  /tmp/ddpm-wheel/venv/bin/ddpm convert official-diffusers --out official.safetensors
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
