@@ -49,11 +49,26 @@ MENU = (
 )
 
 
-def menu_configs(T: int) -> list[tuple[str, int, str, dict]]:
+def parse_rows(text: str) -> list[tuple[str, str, dict, tuple[int, ...]]]:
+    """--rows 'SAMPLER:SPACING:CALLS,..[:KEY=VALUE,..];...' as (sampler, spacing, options, calls)."""
+    out = []
+    for item in filter(None, text.split(";")):
+        name, spacing, calls, *opts = item.split(":")
+        options = {}
+        for kv in filter(None, ",".join(opts).split(",")):
+            key, value = kv.split("=")
+            options[key] = {"True": True, "False": False}.get(value, None)
+            if options[key] is None:
+                options[key] = float(value) if "." in value else int(value)
+        out.append((name, spacing, options, tuple(int(c) for c in calls.split(","))))
+    return out
+
+
+def menu_configs(T: int, menu=MENU) -> list[tuple[str, int, str, dict]]:
     """(sampler, calls, spacing, options) for every row of the menu table, references first."""
     rows = [("ddpm", T, "uniform", {}), ("ddim", 50, "uniform", {})]
-    for name, spacing, options in MENU:
-        rows += [(name, k, spacing, options) for k in MENU_CALLS]
+    for name, spacing, options, *calls in menu:
+        rows += [(name, k, spacing, options) for k in (calls[0] if calls else MENU_CALLS)]
     return rows
 
 
@@ -83,6 +98,8 @@ def main() -> None:
                         "at 5, 8, 10, 20, 50 calls, one row each (the same pictures, sharper with more calls)")
     parser.add_argument("--sampler-for-consistency", default="dpmpp-2m-sde")
     parser.add_argument("--menu", action="store_true", help="the sampler-menu rows (MENU) instead of the classic table")
+    parser.add_argument("--rows", help="with --menu: measure these rows instead of MENU, as "
+                        "'SAMPLER:SPACING:CALLS[,CALLS..][:KEY=VALUE,..];...' (references always)")
     parser.add_argument("--calls", help="comma-separated: only these call counts (with --menu; references always)")
     parser.add_argument("--include", help="rows measured earlier (this script's JSON lines, e.g. an interrupted "
                         "run's output): kept, and not measured again")
@@ -105,7 +122,8 @@ def main() -> None:
     key = lambda r: (r["sampler"], r["calls"], r["spacing"], _opts(r.get("options", {})), r["seed"])  # noqa: E731
     results = list({key(r): r for r in reversed(results)}.values())[::-1]
     done = {key(r) for r in results}
-    rows = menu_configs(T) if args.menu else [(n, k, sp, {}, all_seeds) for n, k, sp, all_seeds in configs(T)]
+    rows = menu_configs(T, parse_rows(args.rows) if args.rows else MENU) if args.menu else \
+        [(n, k, sp, {}, all_seeds) for n, k, sp, all_seeds in configs(T)]
     wanted_calls = {int(c) for c in args.calls.split(",")} if args.calls else None
     for name, calls, spacing, options, *rest in rows:
         all_seeds = rest[0] if rest else True

@@ -194,7 +194,7 @@ class Generated:
     images: np.ndarray | None  # (N, H, W, C) uint8 in 0..255, as a samples .npz stores them
     loaded: LoadedModel
     sampler: str
-    timesteps: list[int]  # one network call each
+    timesteps: list[float]  # the noise levels visited (ints, or between timesteps for karras/exponential)
     is_main: bool
     world_size: int
     labels: torch.Tensor | None = None  # the class asked for, per image (class-conditional models)
@@ -286,7 +286,7 @@ def trajectory(
     sampler, num_steps, clip, options = loaded.resolve(sampler, num_steps, clip_x0, options)
     ts = resolve_steps(sampler, schedule, num_steps, spacing)
     shown = {round(k * (len(ts) - 1) / max(num_frames - 1, 1)) for k in range(num_frames)}
-    frames: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    frames: list[tuple[float, torch.Tensor, torch.Tensor]] = []
 
     def record(step) -> None:
         if step.index in shown:

@@ -28,14 +28,15 @@ Model = Callable[..., torch.Tensor]  # f_theta(x_t, t[, y]): eps, v or x0, as sc
 class Step:
     """One step of a sampler, as a hook sees it.
 
-    index: 0-based position in the timestep list; t: the timestep of x (0 .. T-1);
+    index: 0-based position in the timestep list; t: the timestep of x (0 .. T-1; fractional between
+    the model's own timesteps for karras/exponential spacing);
     t_next: the timestep of x_next (-1 = the clean image x_0); x: x_t; x0: the (clipped) predicted
     x_0; x_next: what the sampler computed for t_next.
     """
 
     index: int
-    t: int
-    t_next: int
+    t: float
+    t_next: float
     x: torch.Tensor
     x0: torch.Tensor
     x_next: torch.Tensor
@@ -170,7 +171,7 @@ def denoise_t(model: Model, schedule: NoiseSchedule, table: SigmaTable, x: torch
     return denoise(model, schedule, x, t, table.model_time(t), clip_x0, y, need_eps, abar=table.alpha_bar(t))
 
 
-def run_hook(hook: Hook | None, index: int, t: int, t_next: int, x: torch.Tensor, x0: torch.Tensor,
+def run_hook(hook: Hook | None, index: int, t: float, t_next: float, x: torch.Tensor, x0: torch.Tensor,
              x_next: torch.Tensor) -> torch.Tensor:
     """x_next, or the hook's replacement for it."""
     if hook is None:
