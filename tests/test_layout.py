@@ -170,7 +170,7 @@ def test_public_api_is_declared_and_does_not_depend_on_import_order():
     from ddpm import generate
 
     assert callable(generate) and generate.__name__ == "generate"
-    assert ddpm.SAMPLERS["dpmpp-2m"].default_steps == 20
+    assert ddpm.SAMPLERS["dpmpp-2m"].default_steps == 10
 
 
 def test_no_two_modules_import_each_other():

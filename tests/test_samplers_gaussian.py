@@ -66,7 +66,9 @@ def test_deterministic_samplers_converge_at_their_order(name, order, spacing, ca
     errors = []
     for k in calls:
         ts = timestep_list(schedule, k, spacing)
-        x = _sample(name, schedule, x_T, k, spacing)
+        # The solver's own order: without dpmpp-2m's default first-order step into t = 0, whose size
+        # does not shrink with logsnr's integer timesteps (t = 1 -> 0 stays one step).
+        x = _sample(name, schedule, x_T, k, spacing, **({"lower_order_final": False} if name == "dpmpp-2m" else {}))
         errors.append((x - ode_end(schedule, x_T, ts[0], ts[-1])).abs().max().item())
     rates = [math.log2(errors[i] / errors[i + 1]) for i in range(len(errors) - 1)]
     assert errors[-1] < errors[0]

@@ -120,7 +120,8 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--s-tmax", type=non_negative_float, default=None, help="heun: churn only at sigma <= this (default: inf)")
     p.add_argument("--lower-order-final", action=argparse.BooleanOptionalAction, default=None,
                    help="dpmpp-*: first order into the last timestep (3M: second into the one before); unipc: "
-                   "lower orders at the end as diffusers does (order 3 only). Default: below 15 calls")
+                   "lower orders at the end as diffusers does (order 3 only). Default: on for dpmpp-2m, else "
+                   "below 15 calls")
     p.add_argument("--order", type=bounded(int, 2, 3), default=None, help="unipc: 2 or 3 (default: 2)")
 
 
