@@ -146,13 +146,14 @@ def write(results: dict[str, dict[int, list[dict]]], args: argparse.Namespace, c
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(6.5, 4))
         for i, (recipe, by_seed) in enumerate(results.items()):
-            for j, rows in enumerate(by_seed.values()):
-                ax.plot([r["train_s"] / 60 for r in rows], [r["fd_digits"] for r in rows], color=f"C{i}",
-                        label=recipe if j == 0 else None, alpha=0.85, marker=".")
+            for j, (seed, rows) in enumerate(by_seed.items()):
+                xs = [r["step"] for r in rows] if args.figure_x == "steps" else [r["train_s"] / 60 for r in rows]
+                ax.plot(xs, [r["fd_digits"] for r in rows], color=f"C{i}", ls=("-", "--", ":")[j % 3],
+                        label=f"{recipe} seed {seed}", alpha=0.85, marker=".")
         if target is not None:
             ax.axhline(target, color="k", ls="--", lw=0.8, label="target")
         ax.set_yscale("log")
-        ax.set_xlabel("training wall-clock (min)")
+        ax.set_xlabel("training steps" if args.figure_x == "steps" else "training wall-clock (min)")
         ax.set_ylabel("FD-digits (lower is better)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -172,6 +173,8 @@ def main() -> None:
     parser.add_argument("--out", help="markdown table")
     parser.add_argument("--json", help="every evaluation row, by recipe and seed")
     parser.add_argument("--figure", help="FD-digits against training wall-clock, one line per run")
+    parser.add_argument("--figure-x", choices=("minutes", "steps"), default="minutes",
+                        help="the figure's x axis (steps where the runs shared the machine)")
     parser.add_argument("--no-train", action="store_true", help="only summarize the runs already in --runs")
     args = parser.parse_args()
     unknown = [r for r in args.recipes.split(",") if r not in RECIPES]
