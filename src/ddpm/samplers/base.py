@@ -9,10 +9,11 @@ hook may look at the step and replace x (inpainting keeps the known pixels that 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from ..config import SPACINGS
 from ..errors import UsageError
@@ -96,11 +97,16 @@ def timestep_list(schedule: NoiseSchedule, num_steps: int, spacing: str = "unifo
 
         t_cont = np.interp(targets, lam[::-1], np.arange(start, -1, -1, dtype=np.float64))
         ts = [int(round(v)) for v in t_cont]
-    # Make the list strictly decreasing and exactly num_steps long: rounding can merge neighbours.
     ts[0], ts[-1] = start, 0
-    for i in range(num_steps - 2, 0, -1):
+    return _strictly_decreasing(ts)
+
+
+def _strictly_decreasing(ts: list[int]) -> list[int]:
+    """Rounded timesteps made distinct again (rounding can merge neighbours), ends kept in place:
+    x is at ts[0]'s noise level, and the last step lands on 0."""
+    for i in range(len(ts) - 2, 0, -1):
         ts[i] = max(ts[i], ts[i + 1] + 1)
-    for i in range(1, num_steps):
+    for i in range(1, len(ts)):
         ts[i] = min(ts[i], ts[i - 1] - 1)
     return ts
 
@@ -108,13 +114,24 @@ def timestep_list(schedule: NoiseSchedule, num_steps: int, spacing: str = "unifo
 def integer_timesteps(ts: Sequence[float]) -> list[int]:
     """A descending timestep list rounded to the model's own timesteps, still distinct and as long
     (for samplers that step between table entries only: ddpm)."""
-    out = [int(round(t)) for t in ts]
-    # The same two passes as timestep_list: the ends stay put (x is at ts[0]'s noise level).
-    for i in range(len(out) - 2, 0, -1):
-        out[i] = max(out[i], out[i + 1] + 1)
-    for i in range(1, len(out)):
-        out[i] = min(out[i], out[i - 1] - 1)
-    return out
+    return _strictly_decreasing([int(round(t)) for t in ts])
+
+
+def walk(timesteps: Sequence[float], desc: str, progress: bool) -> Iterator[tuple[int, float, float]]:
+    """(index, t, t_next) along a descending timestep list, t_next = -1 after the last (the clean
+    image), with a progress bar; an empty list is an error (every sampler makes at least one call)."""
+    ts = list(timesteps)
+    if not ts:
+        raise ValueError(f"{desc} needs at least one timestep.")
+    for j, t in enumerate(tqdm(ts, desc=f"sampling ({desc})", disable=not progress, leave=False)):
+        yield j, t, ts[j + 1] if j + 1 < len(ts) else -1
+
+
+def check_non_negative(**values: float) -> None:
+    """Each named sampler setting (eta, s_noise, s_churn, ...) must be a finite number >= 0."""
+    for name, value in values.items():
+        if not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"{name}={value} must be a finite number >= 0.")
 
 
 def denoise(

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import UsageError
 from ..schedule import NoiseSchedule
-from .base import Generators, Hook, Model, denoise_t, randn, run_hook
+from .base import Generators, Hook, Model, denoise_t, randn, run_hook, walk
 from .sigmas import SigmaTable
 
 
@@ -32,17 +31,13 @@ def ddim_sample(
     sigma = eta sqrt((1 - abar_prev) / (1 - abar_t) (1 - abar_t / abar_prev)).
     One network call per timestep. Arguments as for ddpm_sample; eta >= 0 scales the noise.
     """
-    ts = list(timesteps)
-    if not ts:
-        raise ValueError("ddim_sample needs at least one timestep.")
     if eta < 0:
         raise UsageError(f"eta={eta} must be >= 0 (0 = deterministic, 1 = DDPM-like).")
     table = SigmaTable(schedule)  # alphā as Python floats: no device sync inside the loop
     x = x_T.float()
-    for j, i in enumerate(tqdm(ts, desc="sampling (DDIM)", disable=not progress, leave=False)):
+    for j, i, t_next in walk(timesteps, "DDIM", progress):
         x0, eps = denoise_t(model, schedule, table, x, i, clip_x0, y, need_eps=True)
         a_t = table.alpha_bar(i)
-        t_next = ts[j + 1] if j + 1 < len(ts) else -1
         a_prev = table.alpha_bar(t_next) if t_next >= 0 else 1.0
         sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
         x_next = a_prev**0.5 * x0 + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps

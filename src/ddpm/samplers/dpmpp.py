@@ -20,11 +20,9 @@ import math
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
-from ..errors import UsageError
 from ..schedule import NoiseSchedule
-from .base import Generators, Hook, Model, denoise_t, log_snr, run_hook
+from .base import Generators, Hook, Model, check_non_negative, denoise_t, log_snr, run_hook, walk
 from .noise import BrownianNoise, image_seeds
 from .sigmas import SigmaTable
 
@@ -42,13 +40,6 @@ def brownian_noise(schedule: NoiseSchedule, table: SigmaTable, x: torch.Tensor, 
     while math.isinf(table.sigma(top)):
         top -= 1
     return BrownianNoise(image_seeds(generator, x.shape[0]), x.shape[1:], table.sigma(0), table.sigma(top), x.device)
-
-
-def check_noise(eta: float, s_noise: float) -> None:
-    """eta and s_noise must be finite and non-negative."""
-    for name, value in (("eta", eta), ("s_noise", s_noise)):
-        if not (math.isfinite(value) and value >= 0):
-            raise UsageError(f"{name}={value} must be a finite number >= 0.")
 
 
 @torch.inference_mode()
@@ -78,11 +69,9 @@ def dpmpp_sample(
         Other arguments as for ddpm_sample; timesteps may lie between the model's own (sigmas.py).
     """
     ts = list(timesteps)
-    if not ts:
-        raise ValueError("dpmpp_sample needs at least one timestep.")
     if order not in (2, 3):
         raise ValueError(f"order={order} must be 2 or 3.")
-    check_noise(eta, s_noise)
+    check_non_negative(eta=eta, s_noise=s_noise)
     if lower_order_final is None:
         lower_order_final = len(ts) < LOWER_ORDER_FINAL_BELOW
     table = SigmaTable(schedule)  # Python floats: no device sync inside the loop
@@ -90,9 +79,8 @@ def dpmpp_sample(
     noise = brownian_noise(schedule, table, x, generator) if eta > 0 and s_noise > 0 else None
     history: list[tuple[torch.Tensor, float]] = []  # (x0_hat, h) of earlier steps, newest first
     name = f"DPM-Solver++({order}M)" + (" SDE" if eta > 0 else "")
-    for j, t in enumerate(tqdm(ts, desc=f"sampling ({name})", disable=not progress, leave=False)):
+    for j, t, t_next in walk(ts, name, progress):
         x0, _ = denoise_t(model, schedule, table, x, t, clip_x0, y)
-        t_next = ts[j + 1] if j + 1 < len(ts) else -1
         if t_next < 0:
             x_next = x0  # h = inf: the step to alphā = 1 lands on x0_hat
         else:

@@ -17,12 +17,11 @@ import math
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import UsageError
 from ..schedule import NoiseSchedule
-from .base import Generators, Hook, Model, denoise, denoise_t, run_hook
-from .dpmpp import brownian_noise, check_noise
+from .base import Generators, Hook, Model, check_non_negative, denoise, denoise_t, run_hook, walk
+from .dpmpp import brownian_noise
 from .sigmas import SigmaTable
 
 
@@ -55,17 +54,13 @@ def euler_sample(
     would (eta = 1). z comes from each image's Brownian motion (noise.py). Other arguments as
     for ddpm_sample.
     """
-    ts = list(timesteps)
-    if not ts:
-        raise ValueError("euler_sample needs at least one timestep.")
-    check_noise(eta, s_noise)
+    check_non_negative(eta=eta, s_noise=s_noise)
     table = SigmaTable(schedule)
     x = x_T.float()
     noise = brownian_noise(schedule, table, x, generator) if ancestral and eta > 0 and s_noise > 0 else None
     desc = "Euler ancestral" if ancestral else "Euler"
-    for j, t in enumerate(tqdm(ts, desc=f"sampling ({desc})", disable=not progress, leave=False)):
+    for j, t, t_next in walk(timesteps, desc, progress):
         x0, eps = denoise_t(model, schedule, table, x, t, clip_x0, y, need_eps=True)
-        t_next = ts[j + 1] if j + 1 < len(ts) else -1
         if t_next < 0:
             x_next = x0
         else:
@@ -113,18 +108,14 @@ def heun_sample(
         Others as for ddpm_sample.
     """
     ts = list(timesteps)
-    if not ts:
-        raise ValueError("heun_sample needs at least one timestep.")
-    check_noise(0.0, s_noise)
-    if not (math.isfinite(s_churn) and s_churn >= 0):
-        raise UsageError(f"s_churn={s_churn} must be a finite number >= 0.")
+    check_non_negative(s_churn=s_churn, s_noise=s_noise)
     if not s_tmin <= s_tmax:
         raise UsageError(f"s_tmin={s_tmin} must be <= s_tmax={s_tmax}.")
     table = SigmaTable(schedule)
     x = x_T.float()
     noise = brownian_noise(schedule, table, x, generator) if s_churn > 0 and s_noise > 0 else None
-    gamma_max = min(s_churn / len(ts), math.sqrt(2.0) - 1.0)
-    for j, t in enumerate(tqdm(ts, desc="sampling (Heun)", disable=not progress, leave=False)):
+    gamma_max = min(s_churn / max(len(ts), 1), math.sqrt(2.0) - 1.0)
+    for j, t, t_next in walk(ts, "Heun", progress):
         sigma = table.sigma(t)
         gamma = gamma_max if noise is not None and s_tmin <= sigma <= s_tmax and math.isfinite(sigma) else 0.0
         if gamma > 0:
@@ -134,7 +125,7 @@ def heun_sample(
             # The noise is the Brownian increment over this step's own interval [sigma_next, sigma]:
             # disjoint from every other step's (the interval up to sigma_hat would overlap the next
             # step's, and correlated churn over-disperses the samples).
-            sigma_n = table.sigma(ts[j + 1]) if j + 1 < len(ts) else 0.0
+            sigma_n = table.sigma(t_next) if t_next >= 0 else 0.0
             x_ve = x_ve + (math.sqrt(sigma_hat**2 - sigma**2) * s_noise) * noise(sigma, sigma_n)
             x = _vp(x_ve, sigma_hat)
             t_hat = table.t_of_sigma(sigma_hat)
@@ -143,7 +134,6 @@ def heun_sample(
         else:
             sigma_hat = sigma
             x0, eps = denoise_t(model, schedule, table, x, t, clip_x0, y, need_eps=True)
-        t_next = ts[j + 1] if j + 1 < len(ts) else -1
         if t_next < 0:
             x_next = x0
         else:

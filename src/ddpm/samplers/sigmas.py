@@ -33,6 +33,9 @@ class SigmaTable:
         self.model_t = schedule.timesteps.detach().cpu().double().numpy()
         with np.errstate(divide="ignore"):
             self.log_sigma = 0.5 * (np.log1p(-self.abar) - np.log(self.abar))  # +inf where alphā = 0
+        finite = np.isfinite(self.log_sigma)  # t_of_sigma interpolates over these
+        self._finite_log_sigma = self.log_sigma[finite]
+        self._finite_t = np.arange(self.num_timesteps, dtype=np.float64)[finite]
 
     def alpha_bar(self, t: float) -> float:
         """alphā at timestep t in [0, T-1]; exact at integers, log-sigma interpolated between."""
@@ -62,9 +65,7 @@ class SigmaTable:
 
     def t_of_sigma(self, sigma: float) -> float:
         """The fractional timestep whose sigma this is, clamped to [0, T-1] (k-diffusion's sigma_to_t)."""
-        finite = np.isfinite(self.log_sigma)
-        ls, ts = self.log_sigma[finite], np.arange(self.num_timesteps, dtype=np.float64)[finite]
-        return float(np.interp(math.log(sigma), ls, ts))
+        return float(np.interp(math.log(sigma), self._finite_log_sigma, self._finite_t))
 
 
 def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = KARRAS_RHO) -> list[float]:

@@ -15,10 +15,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..schedule import NoiseSchedule
-from .base import Generators, Hook, Model, denoise_t, log_snr, run_hook
+from .base import Generators, Hook, Model, denoise_t, log_snr, run_hook, walk
 from .dpmpp import LOWER_ORDER_FINAL_BELOW
 from .sigmas import SigmaTable
 
@@ -84,8 +83,6 @@ def unipc_sample(
         Other arguments as for ddpm_sample; timesteps may lie between the model's own (sigmas.py).
     """
     ts = list(timesteps)
-    if not ts:
-        raise ValueError("unipc_sample needs at least one timestep.")
     if order not in (2, 3):
         raise ValueError(f"order={order} must be 2 or 3.")
     if lower_order_final is None:
@@ -95,7 +92,7 @@ def unipc_sample(
     history: list[tuple[torch.Tensor, float]] = []  # (x0_hat, lambda) of the visited timesteps, newest first
     # The last predictor step, for UniC: (order p, h, alpha_next (1 - e^(-h)), r_k, D_k, rho_k).
     pending: tuple[int, float, float, list[float], list[torch.Tensor], list[float]] | None = None
-    for j, t in enumerate(tqdm(ts, desc=f"sampling (UniPC-{order})", disable=not progress, leave=False)):
+    for j, t, t_next in walk(ts, f"UniPC-{order}", progress):
         x0, _ = denoise_t(model, schedule, table, x, t, clip_x0, y)
         if pending is not None:
             p, h, scale, rs, ds, rho = pending
@@ -110,7 +107,6 @@ def unipc_sample(
         a_t = table.alpha_bar(t)
         lam = log_snr(a_t)
         history = [(x0, lam)] + history[: order - 1]
-        t_next = ts[j + 1] if j + 1 < len(ts) else -1
         if t_next < 0:
             x_next = x0  # h = inf: the step to alphā = 1 lands on x0_hat
             pending = None
