@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from ..config import SPACINGS
 from ..errors import UsageError
 from ..schedule import NoiseSchedule, _gather
+from .noise import BrownianNoise, image_seeds
 from .sigmas import SigmaTable, continuous_timesteps
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -125,6 +126,14 @@ def walk(timesteps: Sequence[float], desc: str, progress: bool) -> Iterator[tupl
         raise ValueError(f"{desc} needs at least one timestep.")
     for j, t in enumerate(tqdm(ts, desc=f"sampling ({desc})", disable=not progress, leave=False)):
         yield j, t, ts[j + 1] if j + 1 < len(ts) else -1
+
+
+def brownian_noise(table: SigmaTable, x: torch.Tensor, generator: Generators) -> BrownianNoise:
+    """Each image's Brownian motion over the model's sigma range (seeded from its generator)."""
+    top = table.num_timesteps - 1
+    while math.isinf(table.sigma(top)):
+        top -= 1
+    return BrownianNoise(image_seeds(generator, x.shape[0]), x.shape[1:], table.sigma(0), table.sigma(top), x.device)
 
 
 def check_non_negative(**values: float) -> None:

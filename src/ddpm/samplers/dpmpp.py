@@ -22,8 +22,17 @@ from collections.abc import Sequence
 import torch
 
 from ..schedule import NoiseSchedule
-from .base import Generators, Hook, Model, check_non_negative, denoise_t, log_snr, run_hook, walk
-from .noise import BrownianNoise, image_seeds
+from .base import (
+    Generators,
+    Hook,
+    Model,
+    brownian_noise,
+    check_non_negative,
+    denoise_t,
+    log_snr,
+    run_hook,
+    walk,
+)
 from .sigmas import SigmaTable
 
 # Below this many steps, the step into the last timestep drops to first order (3M: and the one
@@ -32,14 +41,6 @@ from .sigmas import SigmaTable
 # (final_sigmas_type="sigma_min"); with its default "zero" the step to sigma = 0 is the last one,
 # which ours always takes at first order (it returns x0_hat).
 LOWER_ORDER_FINAL_BELOW = 15
-
-
-def brownian_noise(schedule: NoiseSchedule, table: SigmaTable, x: torch.Tensor, generator: Generators) -> BrownianNoise:
-    """Each image's Brownian motion over the model's sigma range (seeded from its generator)."""
-    top = schedule.num_timesteps - 1
-    while math.isinf(table.sigma(top)):
-        top -= 1
-    return BrownianNoise(image_seeds(generator, x.shape[0]), x.shape[1:], table.sigma(0), table.sigma(top), x.device)
 
 
 @torch.inference_mode()
@@ -76,7 +77,7 @@ def dpmpp_sample(
         lower_order_final = len(ts) < LOWER_ORDER_FINAL_BELOW
     table = SigmaTable(schedule)  # Python floats: no device sync inside the loop
     x = x_T.float()
-    noise = brownian_noise(schedule, table, x, generator) if eta > 0 and s_noise > 0 else None
+    noise = brownian_noise(table, x, generator) if eta > 0 and s_noise > 0 else None
     history: list[tuple[torch.Tensor, float]] = []  # (x0_hat, h) of earlier steps, newest first
     name = f"DPM-Solver++({order}M)" + (" SDE" if eta > 0 else "")
     for j, t, t_next in walk(ts, name, progress):

@@ -20,8 +20,17 @@ import torch
 
 from ..errors import UsageError
 from ..schedule import NoiseSchedule
-from .base import Generators, Hook, Model, check_non_negative, denoise, denoise_t, run_hook, walk
-from .dpmpp import brownian_noise
+from .base import (
+    Generators,
+    Hook,
+    Model,
+    brownian_noise,
+    check_non_negative,
+    denoise,
+    denoise_t,
+    run_hook,
+    walk,
+)
 from .sigmas import SigmaTable
 
 
@@ -57,7 +66,7 @@ def euler_sample(
     check_non_negative(eta=eta, s_noise=s_noise)
     table = SigmaTable(schedule)
     x = x_T.float()
-    noise = brownian_noise(schedule, table, x, generator) if ancestral and eta > 0 and s_noise > 0 else None
+    noise = brownian_noise(table, x, generator) if ancestral and eta > 0 and s_noise > 0 else None
     desc = "Euler ancestral" if ancestral else "Euler"
     for j, t, t_next in walk(timesteps, desc, progress):
         x0, eps = denoise_t(model, schedule, table, x, t, clip_x0, y, need_eps=True)
@@ -113,7 +122,7 @@ def heun_sample(
         raise UsageError(f"s_tmin={s_tmin} must be <= s_tmax={s_tmax}.")
     table = SigmaTable(schedule)
     x = x_T.float()
-    noise = brownian_noise(schedule, table, x, generator) if s_churn > 0 and s_noise > 0 else None
+    noise = brownian_noise(table, x, generator) if s_churn > 0 and s_noise > 0 else None
     gamma_max = min(s_churn / max(len(ts), 1), math.sqrt(2.0) - 1.0)
     for j, t, t_next in walk(ts, "Heun", progress):
         sigma = table.sigma(t)
