@@ -40,6 +40,9 @@ RECIPES: dict[str, list[str]] = {
                               "--loss-weighting", "min-snr"],
     # The demo model at half width (~0.42M parameters): ~3x cheaper steps.
     "v-minsnr-narrow": ["--prediction", "v", "--loss-weighting", "min-snr", "--base-dim", "16", "--norm-groups", "4"],
+    # Learning rate falling linearly to 0 at the run's end (--lr-decay linear), at shorter lengths.
+    "decay-2k": ["--lr-decay", "linear", "--max-steps", "2000"],
+    "narrow-decay-3k": ["--base-dim", "16", "--norm-groups", "4", "--lr-decay", "linear", "--max-steps", "3000"],
 }
 
 
@@ -176,12 +179,20 @@ def main() -> None:
     parser.add_argument("--figure-x", choices=("minutes", "steps"), default="minutes",
                         help="the figure's x axis (steps where the runs shared the machine)")
     parser.add_argument("--no-train", action="store_true", help="only summarize the runs already in --runs")
+    parser.add_argument("--prior", help="a --json file of earlier runs: their rows stand in for runs not in --runs "
+                        "(run folders are git-ignored; the committed JSON keeps every evaluation)")
     args = parser.parse_args()
     unknown = [r for r in args.recipes.split(",") if r not in RECIPES]
     if unknown:
         parser.error(f"unknown recipe(s) {unknown}; choose from {list(RECIPES)}")
     command = "python benchmarks/time_to_quality.py " + " ".join(sys.argv[1:])
     results: dict[str, dict[int, list[dict]]] = {}
+    prior: dict[str, list[dict]] = {}
+    if args.prior:
+        saved = json.loads(Path(args.prior).read_text())
+        if "rows" in saved:  # this script's --json: rows by recipe, then seed
+            saved = {f"{recipe}-s{seed}": rows for recipe, by_seed in saved["rows"].items() for seed, rows in by_seed.items()}
+        prior = saved
     recipes = args.recipes.split(",")
     if "today" in recipes:  # the target comes from `today`: train it first
         recipes.remove("today")
@@ -191,7 +202,7 @@ def main() -> None:
             run = Path(args.runs) / f"{recipe}-s{seed}"
             if not args.no_train:
                 train(recipe, seed, args)
-            rows = eval_rows(run)
+            rows = eval_rows(run) or prior.get(run.name, [])
             if rows:
                 results.setdefault(recipe, {})[seed] = rows
                 write(results, args, command)

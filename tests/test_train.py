@@ -209,3 +209,34 @@ def test_train_class_conditional_decodes_a_new_folder_once_before_the_barrier(tm
     # Without labels the trainer says how to get them, before any training.
     assert main(["train", *tiny, "--out", str(tmp_path / "unlabelled")]) == 2
     assert "has no class labels" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("decay", ["none", "linear", "cosine"])
+def test_learning_rate_follows_warmup_then_decay(tmp_path, decay):
+    """The optimiser's lr at every step equals the closed form: warm-up, then constant or falling to 0."""
+    import math
+
+    cfg = tiny_diffusion_config(tmp_path, max_steps=12, warmup_steps=3, lr_decay=decay, num_sample_images=0)
+    trainer = Trainer(cfg, tiny_model_config())
+    seen = []
+    for _ in range(cfg.max_steps):
+        seen.append(trainer.optimizer.param_groups[0]["lr"])  # the lr this step's update uses
+        trainer.train_step()
+    for s, lr in enumerate(seen):
+        warm = min(1.0, (s + 1) / 3)
+        p = min(max((s - 3) / 9, 0.0), 1.0)
+        shape = {"none": 1.0, "linear": 1.0 - p, "cosine": (1.0 + math.cos(math.pi * p)) / 2}[decay]
+        assert lr == pytest.approx(cfg.learning_rate * warm * shape, rel=1e-12, abs=1e-15), (s, lr)
+    if decay != "none":  # the last step's lr is a small fraction of the peak, and the schedule never rises after warm-up
+        assert seen[-1] < 0.15 * cfg.learning_rate
+        assert all(b <= a for a, b in zip(seen[2:], seen[3:], strict=False))
+
+
+def test_lr_decay_is_checked_and_fixed_on_resume(tmp_path):
+    with pytest.raises(ConfigError, match="lr_decay='step'.*choose one of"):
+        tiny_diffusion_config(tmp_path, lr_decay="step")
+    run = train_diffusion(tiny_diffusion_config(tmp_path, max_steps=4, lr_decay="linear", num_sample_images=0), tiny_model_config())
+    with pytest.raises(ConfigError, match="lr_decay"):
+        train_diffusion(tiny_diffusion_config(tmp_path, max_steps=6, lr_decay="none", resume=True, num_sample_images=0),
+                        tiny_model_config())
+    assert run.is_dir()

@@ -28,6 +28,7 @@ SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde", "dpmpp-3m-sde", "eu
 PREDICTIONS = ("eps", "v", "x0")
 LOSS_WEIGHTINGS = ("uniform", "min-snr", "soft-min-snr")
 BETA_SCHEDULES = ("linear", "cosine")
+LR_DECAYS = ("none", "linear", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SAMPLE_PRECISIONS = ("auto", "fp32", "bf16")  # sampling and editing: no gradient scaler, so no fp16
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
@@ -167,6 +168,7 @@ class DiffusionConfig:
     snr_gamma: float = _f(5.0, "gamma of min-snr and soft-min-snr (Hang et al. 2023: 5)")
     max_steps: int = _f(800_000, "optimiser steps to train for (paper: 800k on CIFAR10)")
     warmup_steps: int = _f(5000, "linear learning-rate warm-up (paper: 5000)")
+    lr_decay: str = _f("none", "learning rate after the warm-up: \"none\" (constant, as the paper), \"linear\" or \"cosine\" (falls to 0 at max_steps: a short run ends on a settled model instead of wherever the last steps left it)")
     grad_clip: float = _f(1.0, "max global gradient norm; 0 = no clipping (paper: 1.0)")
     weight_decay: float = _f(0.0, "AdamW decoupled weight decay (paper: none)")
     ema_decay: float = _f(0.9999, "EMA of the weights used for sampling (paper: 0.9999)")
@@ -232,6 +234,7 @@ class DiffusionConfig:
         _require(self.loss_weighting in LOSS_WEIGHTINGS,
                  f"DiffusionConfig.loss_weighting={self.loss_weighting!r}; choose one of {LOSS_WEIGHTINGS}.")
         _require(0.0 < self.snr_gamma <= 1e6, f"DiffusionConfig.snr_gamma={self.snr_gamma} must lie in (0, 1e6] (paper: 5).")
+        _require(self.lr_decay in LR_DECAYS, f"DiffusionConfig.lr_decay={self.lr_decay!r}; choose one of {LR_DECAYS}.")
         _require(self.max_steps >= 1, f"DiffusionConfig.max_steps={self.max_steps} must be at least 1.")
         for name in ("warmup_steps", "log_every_steps", "checkpoint_every_steps", "sample_every_steps",
                      "num_sample_images", "num_workers", "decode_workers", "sample_steps", "keep_checkpoints", "batch_per_device", "max_nonfinite_steps",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import math
 import warnings
 from typing import Any
 
@@ -64,6 +65,19 @@ def adamw(params, lr: float, weight_decay: float, device: torch.device) -> torch
     update, to float rounding."""
     fused = True if device.type in ("cpu", "cuda") else None  # None: PyTorch's default kernel elsewhere
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+
+
+def lr_factor(step: int, warmup_steps: int, max_steps: int, decay: str) -> float:
+    """The learning rate at optimiser step `step` (0-based) as a fraction of the peak.
+
+    A linear warm-up over `warmup_steps`, then constant ("none", the paper) or falling to 0 at
+    `max_steps` along a line ("linear") or a half cosine ("cosine") over the steps after warm-up.
+    """
+    warm = min(1.0, (step + 1) / max(warmup_steps, 1))
+    if decay == "none":
+        return warm
+    p = min(1.0, max(0.0, (step - warmup_steps) / max(max_steps - warmup_steps, 1)))
+    return warm * ((1.0 - p) if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * p)))
 
 
 def ema_decay_at(step: int, config: DiffusionConfig) -> float:
@@ -127,7 +141,7 @@ class Trainer:
         # The fused kernel takes the clip factor and the skip flag as device tensors (_update).
         self._device_side_update = bool(self.optimizer.defaults.get("fused")) and not self.scaler.is_enabled()
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
+            self.optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.max_steps, cfg.lr_decay))
         net: nn.Module = self.model
         if self.dist.enabled:
             net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
