@@ -19,11 +19,14 @@ from pathlib import Path
 from ddpm.config import PRESETS, DiffusionConfig, ModelConfig
 from ddpm.training.trainer import Trainer
 
-VARIANTS = {
-    "demo": {},
-    "narrow (base 16)": dict(base_dim=16, norm_groups=4),
-    "base 24": dict(base_dim=24, norm_groups=8),
-    "1 ResNet block a level": dict(num_res_blocks=1),
+# name: (ModelConfig overrides, DiffusionConfig overrides) on top of the demo preset.
+VARIANTS: dict[str, tuple[dict, dict]] = {
+    "demo": ({}, {}),
+    "narrow (base 16)": (dict(base_dim=16, norm_groups=4), {}),
+    "base 24": (dict(base_dim=24, norm_groups=8), {}),
+    "1 ResNet block a level": (dict(num_res_blocks=1), {}),
+    "batch 32": ({}, dict(batch_size=32)),
+    "batch 48": ({}, dict(batch_size=48)),
 }
 
 
@@ -31,14 +34,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant (after 5 warm-up steps)")
+    parser.add_argument("--variants", help=f"comma-separated, first = the baseline (default: all of {', '.join(VARIANTS)})")
     args = parser.parse_args()
     diff, model = PRESETS["demo"]
     tmp = Path(tempfile.mkdtemp())
     trainers = {}
-    for name, overrides in VARIANTS.items():
-        cfg = DiffusionConfig(**{**diff, "precision": args.precision, "num_sample_images": 0, "tensorboard": False,
-                                 "out_dir": str(tmp / name.replace(" ", "_")), "max_steps": 10**6})
-        trainers[name] = Trainer(cfg, ModelConfig(**{**model, **overrides}))
+    names = args.variants.split(",") if args.variants else list(VARIANTS)
+    for name in names:
+        model_overrides, diff_overrides = VARIANTS[name]
+        cfg = DiffusionConfig(**{**diff, **diff_overrides, "precision": args.precision, "num_sample_images": 0,
+                                 "tensorboard": False, "out_dir": str(tmp / name.replace(" ", "_")),
+                                 "max_steps": 10**6})
+        trainers[name] = Trainer(cfg, ModelConfig(**{**model, **model_overrides}))
     times: dict[str, list[float]] = {name: [] for name in trainers}
     for i in range(args.steps + 5):
         for name, trainer in trainers.items():
@@ -46,13 +53,14 @@ def main() -> None:
             trainer.train_step()
             if i >= 5:
                 times[name].append(time.perf_counter() - start)
-    base = statistics.median(times["demo"])
-    batch = diff["batch_size"]
-    print(f"| model | parameters | step ({args.precision}) | images/s | speed-up |\n|---|---|---|---|---|")
+    base = statistics.median(times[names[0]])
+    print(f"| variant | parameters | batch | step ({args.precision}) | images/s | step speed-up over {names[0]} |\n"
+          "|---|---|---|---|---|---|")
     for name, trainer in trainers.items():
         step = statistics.median(times[name])
         params = sum(p.numel() for p in trainer.model.parameters()) / 1e6
-        print(f"| {name} | {params:.2f}M | {step * 1000:.0f} ms | {batch / step:.0f} | {base / step:.2f}x |")
+        batch = trainer.cfg.batch_size
+        print(f"| {name} | {params:.2f}M | {batch} | {step * 1000:.0f} ms | {batch / step:.0f} | {base / step:.2f}x |")
 
 
 if __name__ == "__main__":
