@@ -191,9 +191,10 @@ def test_every_option_we_export_gives_our_output_in_unet2dmodel(tmp_path, model)
     loaded = load_model(checkpoint=tmp_path / "d")
     assert loaded.model_config == config and loaded.class_names == state["class_names"] and loaded.step == 5
     scheduler = diffusers.DDPMScheduler.from_pretrained(tmp_path / "d", subfolder="scheduler")
-    # diffusers rescales to zero terminal SNR in float32 (how it rounds depends on its version and the CPU's
-    # kernels), so allow a few float32 ulps of alpha-bar ~ 1; our float64 table is checked exactly above.
-    torch.testing.assert_close(loaded.schedule.betas.float(), scheduler.betas, rtol=0, atol=2**-20)
+    # diffusers rescales to zero terminal SNR in float32 (its rounding depends on its version and the CPU's
+    # kernels): the same bound as the float32 comparison at T = 1000 above, a few float32 ulps of 1;
+    # our float64 rescaling is compared with diffusers' own function there, to float64 rounding.
+    assert float((loaded.schedule.betas.float() - scheduler.betas).abs().max()) <= 4 * 2**-23
 
 
 @pytest.mark.parametrize(("edit", "field"), [
