@@ -21,6 +21,7 @@ import torch
 
 from ddpm.generation import load_model, sample_images
 from ddpm.metrics import digits_score, heldout_digits, train_digits_classifier
+from ddpm.run_dir import CHECKPOINT_PATTERN, RunDir
 
 COLUMNS = ("fd_digits", "kd_digits", "precision", "recall")
 
@@ -52,8 +53,9 @@ def main() -> None:
     real, _ = heldout_digits()
     rows = {"real held-out": score(real, clf, acc) | {"spread500": subset_spread(real, clf, acc)}}
     only = args.only.split(",") if args.only else None
-    for ckpt in sorted(Path(args.runs).glob("*/checkpoints/step_*.pt")):
-        key = f"{ckpt.parents[1].name}@{int(ckpt.stem.split('_')[1])}"
+    kept = [ckpt for run in sorted(Path(args.runs).iterdir()) if run.is_dir() for ckpt in RunDir(run).checkpoints()]
+    for ckpt in kept:
+        key = f"{ckpt.parents[1].name}@{int(CHECKPOINT_PATTERN.match(ckpt.name)[1])}"
         if only is not None and key not in only:
             continue
         if key in done and done[key]["n"] == args.samples and done[key].get("seed") == args.seed:
