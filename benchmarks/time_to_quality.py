@@ -8,7 +8,8 @@ the quality of today's demo, in steps and in training wall-clock.
     # screening: short runs of a few recipes, one seed
     .venv/bin/python benchmarks/time_to_quality.py --recipes today,v-minsnr --seeds 0 --max-steps 1500 ...
 
-Each run is `ddpm train --preset demo` with the recipe's flags and `--eval-every 250` (the EMA model
+Each run is `ddpm train --preset demo` with the 2020 demo's shape and schedule spelled out (TODAY below),
+then the recipe's flags, and `--eval-every 250` (the EMA model
 draws --eval-samples images with the default sampler; FD-digits, precision and recall go to its
 metrics.jsonl). Runs land in --runs/<recipe>-s<seed> and resume, so an interrupted benchmark picks
 up where it stopped; the tables are rewritten after every run. The target is the worst final
@@ -27,7 +28,10 @@ import sys
 import time
 from pathlib import Path
 
-# name -> extra `ddpm train` flags on top of --preset demo. `today` is the 2020 recipe of the demo.
+# The demo preset as it was when this benchmark began (the 2020 recipe: base width 32, constant learning
+# rate, 4,000 steps), spelled out so that every recipe stays what it was whatever the preset becomes.
+TODAY = ["--base-dim", "32", "--norm-groups", "8", "--lr-decay", "none", "--max-steps", "4000"]
+# name -> extra `ddpm train` flags on top of --preset demo and TODAY (a later flag wins).
 RECIPES: dict[str, list[str]] = {
     "today": [],
     "v": ["--prediction", "v"],
@@ -69,7 +73,7 @@ def train(recipe: str, seed: int, args: argparse.Namespace) -> Path:
     run = Path(args.runs) / f"{recipe}-s{seed}"
     cmd = [sys.executable, "-m", "ddpm", "train", "--preset", "demo", "--out", str(run), "--resume", "--seed", str(seed),
            "--eval-every", str(args.eval_every), "--eval-samples", str(args.eval_samples), "--precision", args.precision,
-           "--num-sample-images", "64", "--no-tensorboard", *RECIPES[recipe]]
+           "--num-sample-images", "64", "--no-tensorboard", *TODAY, *RECIPES[recipe]]
     if args.max_steps:
         cmd += ["--max-steps", str(args.max_steps)]
     print("+", " ".join(cmd), flush=True)
@@ -139,7 +143,7 @@ def write(results: dict[str, dict[int, list[dict]]], args: argparse.Namespace, c
             f"| {fmt(r['final_step'], '.0f')} | {fmt(r['final_fd'], '.2f')} ({fmt(spread and spread[0], '.2f')}..{fmt(spread and spread[1], '.2f')}) "
             f"| {fmt(r['final_precision'], '.3f')} | {fmt(r['final_recall'], '.3f')} |")
     lines.append("")
-    lines.append("Recipes (flags on top of `--preset demo`): " + "; ".join(
+    lines.append(f"Recipes (flags on top of `--preset demo {' '.join(TODAY)}`): " + "; ".join(
         f"`{name}`: `{' '.join(RECIPES[name]) or '(none)'}`" for name in results))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
