@@ -22,7 +22,8 @@ from ddpm.training.trainer import Trainer
 # name: (ModelConfig overrides, DiffusionConfig overrides) on top of the demo preset.
 VARIANTS: dict[str, tuple[dict, dict]] = {
     "demo": ({}, {}),
-    "narrow (base 16)": (dict(base_dim=16, norm_groups=4), {}),
+    # The demo model until 2026-12-03 (docs/time_to_quality.md): twice the width, 1.68M parameters.
+    "2020 demo (base 32)": (dict(base_dim=32, norm_groups=8), {}),
     "base 24": (dict(base_dim=24, norm_groups=8), {}),
     "1 ResNet block a level": (dict(num_res_blocks=1), {}),
     "batch 32": ({}, dict(batch_size=32)),
