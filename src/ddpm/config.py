@@ -168,7 +168,7 @@ class DiffusionConfig:
     snr_gamma: float = _f(5.0, "gamma of min-snr and soft-min-snr (Hang et al. 2023: 5)")
     max_steps: int = _f(800_000, "optimiser steps to train for (paper: 800k on CIFAR10)")
     warmup_steps: int = _f(5000, "linear learning-rate warm-up (paper: 5000)")
-    lr_decay: str = _f("none", "learning rate after the warm-up: \"none\" (constant, as the paper), \"linear\" or \"cosine\" (falls to 0 at max_steps: a short run ends on a settled model instead of wherever the last steps left it; resuming with a larger max_steps stretches the fall, so the rate rises again)")
+    lr_decay: str = _f("none", "learning rate after the warm-up: \"none\" (constant, as the paper), \"linear\" or \"cosine\" (falls to 0 at max_steps: a short run ends on a settled model instead of wherever the last steps left it; changing max_steps on resume re-scales the fall from the current step, so a larger one makes the rate jump back up: 4000 -> 8000 resumes at about half the peak)")
     grad_clip: float = _f(1.0, "max global gradient norm; 0 = no clipping (paper: 1.0)")
     weight_decay: float = _f(0.0, "AdamW decoupled weight decay (paper: none)")
     ema_decay: float = _f(0.9999, "EMA of the weights used for sampling (paper: 0.9999)")
@@ -327,7 +327,7 @@ def config_from_dict(cls: type, values: dict[str, Any]):
 # Named starting points. "seed" is the seed's 128x128 model; "demo" is tuned for minutes of 2-core CPU
 # training on the built-in digits (see README: "make demo"). Since 2026-12-03 the demo is the half-width
 # model (0.42M parameters) with the learning rate falling linearly to 0: it ends where the 1.68M model
-# with a constant rate did, at 2.6x cheaper fp32 steps (docs/time_to_quality.md, recipe narrow-decay-4k).
+# with a constant rate did, at 2.2-2.6x cheaper fp32 steps (docs/time_to_quality.md, recipe narrow-decay-4k).
 PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "seed": (
         dict(dataset_name="FFHQ", learning_rate=1e-3, batch_size=16, use_augmentation=False, timesteps_diff=200),
