@@ -240,3 +240,14 @@ def test_lr_decay_is_checked_and_fixed_on_resume(tmp_path):
         train_diffusion(tiny_diffusion_config(tmp_path, max_steps=6, lr_decay="none", resume=True, num_sample_images=0),
                         tiny_model_config())
     assert run.is_dir()
+    # A larger max_steps on resume re-scales the fall from the current step (as --lr-decay's help says): the
+    # run ended at lr 0 after step 4 of 4; continued to 8, each logged lr (the next step's) is the closed
+    # form with the new length, so the rate jumps back up to (1 - (4 - 2) / 6) of the peak.
+    train_diffusion(tiny_diffusion_config(tmp_path, max_steps=8, lr_decay="linear", resume=True, num_sample_images=0,
+                                          log_every_steps=1), tiny_model_config())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lrs = {row["step"]: row["lr"] for row in rows if "lr" in row}
+    peak = tiny_diffusion_config(tmp_path).learning_rate
+    assert lrs[4] == 0.0
+    for step in range(5, 9):
+        assert lrs[step] == pytest.approx(peak * (1.0 - (step - 2) / 6), rel=1e-12, abs=1e-15), (step, lrs)
