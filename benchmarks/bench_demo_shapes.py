@@ -5,7 +5,7 @@
 
 Each variant is a real Trainer (the demo preset at the 2020 demo's width, then the variant's overrides) taking its own
 train_step(); variants alternate step by step so machine noise hits all alike. Reported: parameters,
-the median step time after warm-up, images/s and the speed-up over the demo model.
+the median step time after warm-up, images/s and the speed-up over the first variant (by default the 2020 demo).
 """
 
 from __future__ import annotations
