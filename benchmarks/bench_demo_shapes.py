@@ -28,6 +28,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "narrow (base 16; the demo since 2026-12-03)": (dict(base_dim=16, norm_groups=4), {}),
     "base 24": (dict(base_dim=24, norm_groups=8), {}),
     "1 ResNet block a level": (dict(num_res_blocks=1), {}),
+    "narrow with 1 ResNet block a level": (dict(base_dim=16, norm_groups=4, num_res_blocks=1), {}),
     "batch 32": ({}, dict(batch_size=32)),
     "batch 48": ({}, dict(batch_size=48)),
 }
