@@ -29,6 +29,9 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "base 24": (dict(base_dim=24, norm_groups=8), {}),
     "1 ResNet block a level": (dict(num_res_blocks=1), {}),
     "narrow with 1 ResNet block a level": (dict(base_dim=16, norm_groups=4, num_res_blocks=1), {}),
+    "narrow + channels_last": (dict(base_dim=16, norm_groups=4), dict(channels_last=True)),
+    "narrow with 1 ResNet block a level + channels_last": (dict(base_dim=16, norm_groups=4, num_res_blocks=1),
+                                                          dict(channels_last=True)),
     "batch 32": ({}, dict(batch_size=32)),
     "batch 48": ({}, dict(batch_size=48)),
 }

@@ -251,3 +251,38 @@ def test_lr_decay_is_checked_and_fixed_on_resume(tmp_path):
     assert lrs[4] == 0.0
     for step in range(5, 9):
         assert lrs[step] == pytest.approx(peak * (1.0 - (step - 2) / 6), rel=1e-12, abs=1e-15), (step, lrs)
+
+
+def test_channels_last_auto_trains_like_nchw_and_resumes_across_layouts(tmp_path):
+    """auto = NHWC for fp32 on a CPU at small sizes: the same run as NCHW up to kernel rounding, and the
+    checkpoints of either layout resume in the other (channels_last may change on resume)."""
+    from ddpm.runtime import use_channels_last
+
+    cpu = torch.device("cpu")
+    assert use_channels_last(None, cpu, None, 16) and use_channels_last(None, cpu, None, 32)
+    assert not use_channels_last(None, cpu, torch.bfloat16, 16)  # bf16: NHWC measured slower
+    assert not use_channels_last(None, cpu, None, 64)
+    assert not use_channels_last(None, torch.device("cuda"), None, 16)
+    assert use_channels_last(True, cpu, torch.bfloat16, 128) and not use_channels_last(False, cpu, None, 16)
+
+    def losses(run) -> list[float]:
+        return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+
+    cfg = dict(max_steps=6, log_every_steps=1, num_sample_images=0, checkpoint_every_steps=3, tensorboard=False)
+    auto = Trainer(tiny_diffusion_config(tmp_path / "probe", **cfg), tiny_model_config())
+    assert auto.channels_last and auto.model.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    nhwc = train_diffusion(tiny_diffusion_config(tmp_path / "nhwc", **cfg), tiny_model_config())
+    nchw = train_diffusion(tiny_diffusion_config(tmp_path / "nchw", channels_last=False, **cfg), tiny_model_config())
+    assert len(losses(nhwc)) == 6 and losses(nhwc) == pytest.approx(losses(nchw), rel=1e-4)
+    a = load_checkpoint(nhwc / "checkpoints" / "step_00000006.pt")["model"]
+    b = load_checkpoint(nchw / "checkpoints" / "step_00000006.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+    # Resume the NCHW run's step-3 checkpoint in NHWC: it ends where the uninterrupted run does (PyTorch's fused
+    # AdamW pairs weights and moments by memory order, so the loaded moments must take the new layout).
+    (nchw / "checkpoints" / "step_00000006.pt").unlink()
+    train_diffusion(tiny_diffusion_config(tmp_path / "nchw", channels_last=True, resume=True, **cfg), tiny_model_config())
+    c = load_checkpoint(nchw / "checkpoints" / "step_00000006.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(c[k], b[k], rtol=1e-4, atol=1e-5, msg=k)

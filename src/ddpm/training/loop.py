@@ -144,6 +144,7 @@ def _train(trainer: Trainer, cfg: DiffusionConfig, mcfg: ModelConfig, run_dir: R
         run_dir.write_config({"diffusion_config": config_to_dict(cfg), "model_config": config_to_dict(mcfg),
                               "class_names": trainer.class_names, "format_version": FORMAT_VERSION})
         precision = precision_name(trainer.amp_dtype) + (" autocast" if trainer.amp_dtype is not None else "")
+        precision += ", channels_last" if trainer.channels_last else ""
         procs = f" x {trainer.dist.world_size} processes" if trainer.dist.enabled else ""
         print(f"ddpm: {len(trainer.dataset)} images from {cfg.dataset_name!r} at {mcfg.image_size}x{mcfg.image_size}x"
               f"{mcfg.image_channels}; U-Net with {count_parameters(trainer.model):,} parameters; "
@@ -420,6 +421,7 @@ def dry_run(cfg: DiffusionConfig, mcfg: ModelConfig, steps: int = 3, class_condi
             "parameters": count_parameters(trainer.model),
             "device": str(trainer.device),
             "precision": precision_name(trainer.amp_dtype),
+            "channels_last": trainer.channels_last,
             "seconds_per_step": times[len(times) // 2],
             "images_per_s": cfg.batch_size / times[len(times) // 2],
             "peak_memory_gb": _peak_memory_gb(trainer.device),

@@ -34,7 +34,7 @@ from ..data import (
     to_float,
 )
 from ..losses import diffusion_loss
-from ..runtime import autocast, require_torch, resolve_device, resolve_precision
+from ..runtime import autocast, require_torch, resolve_device, resolve_precision, use_channels_last
 from ..schedule import NoiseSchedule
 from ..unet import UNet
 
@@ -133,7 +133,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the same initial weights on every process
         self.model = UNet(mcfg).to(self.device)
         self.model.gradient_checkpointing = cfg.activation_checkpointing
-        if cfg.channels_last:
+        self.channels_last = use_channels_last(cfg.channels_last, self.device, self.amp_dtype, mcfg.image_size)
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = copy.deepcopy(self.model).float().eval().requires_grad_(False)
         self._params = list(self.model.parameters())
@@ -198,7 +199,7 @@ class Trainer:
         self._batches_consumed += 1  # counted here: a DataLoader's sampler runs ahead of the loop
         x, y = next(self._batches)
         x = to_float(x)
-        if self.cfg.channels_last:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
 
@@ -329,8 +330,14 @@ class Trainer:
         for group in self.optimizer.param_groups:  # the kernel is this machine's choice, not the checkpoint's
             group["fused"], group["foreach"] = self.optimizer.defaults["fused"], self.optimizer.defaults["foreach"]
             for p in group["params"]:  # the fused kernel keeps its step counts on the parameters' device
-                if "step" in self.optimizer.state.get(p, {}):
-                    self.optimizer.state[p]["step"] = self.optimizer.state[p]["step"].to(p.device, torch.float32)
+                state_p = self.optimizer.state.get(p, {})
+                if "step" in state_p:
+                    state_p["step"] = state_p["step"].to(p.device, torch.float32)
+                # The fused kernel walks parameter and moments in memory order: moments saved by a run in the
+                # other layout (channels_last changed on resume) would be paired with the wrong weights.
+                for key, value in state_p.items():
+                    if key != "step" and torch.is_tensor(value) and value.shape == p.shape:
+                        state_p[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         if state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
