@@ -54,6 +54,9 @@ RECIPES: dict[str, list[str]] = {
                              "--learning-rate", "2e-3"],
     "narrow-1block-decay-4k": ["--base-dim", "16", "--norm-groups", "4", "--num-res-blocks", "1", "--lr-decay", "linear",
                                "--max-steps", "4000"],
+    # The same at 5,000 steps: still ~2.9x cheaper than the 2020 demo, to win back the precision that 4,000 lose.
+    "narrow-1block-decay-5k": ["--base-dim", "16", "--norm-groups", "4", "--num-res-blocks", "1", "--lr-decay", "linear",
+                               "--max-steps", "5000"],
     # Half the images per step (same 4,000 steps): a step ~1.9x cheaper on fp32 AVX2 at the same images/s.
     "batch32": ["--batch-size", "32"],
 }
