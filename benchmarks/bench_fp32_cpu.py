@@ -82,10 +82,11 @@ def main() -> None:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp())
     variants: dict[str, tuple[Trainer, contextlib.AbstractContextManager | None]] = {
-        "fp32": (trainer(tmp / "a"), None),
+        # NCHW pinned: channels_last auto would make every fp32 variant NHWC on the CPU.
+        "fp32": (trainer(tmp / "a", channels_last=False), None),
         "fp32 + channels_last": (trainer(tmp / "b", channels_last=True), None),
-        "fp32 + plain attention": (trainer(tmp / "c"), "attention"),
-        "fp32, 1 thread": (trainer(tmp / "d"), "threads"),
+        "fp32 + plain attention": (trainer(tmp / "c", channels_last=False), "attention"),
+        "fp32, 1 thread": (trainer(tmp / "d", channels_last=False), "threads"),
     }
     if args.compile:
         variants["fp32 + compile"] = (trainer(tmp / "e", compile_model=True), None)

@@ -34,6 +34,7 @@ import torch
 from bench_unet import synced_time, train_step
 
 from ddpm.config import PRESETS, DiffusionConfig, ModelConfig
+from ddpm.runtime import use_channels_last
 from ddpm.training import loop as loop_module
 from ddpm.training.trainer import Trainer, adamw, ema_update
 from ddpm.unet import UNet
@@ -82,6 +83,8 @@ def measure(cfg: DiffusionConfig, mcfg: ModelConfig, warmup: int) -> dict:
     dtype = None if cfg.precision == "fp32" else torch.bfloat16
     torch.manual_seed(0)
     bare_model = UNet(mcfg).to(device)
+    if use_channels_last(cfg.channels_last, device, dtype, mcfg.image_size):  # the layout the Trainer picks
+        bare_model = bare_model.to(memory_format=torch.channels_last)
     bare_opt = adamw(bare_model.parameters(), cfg.learning_rate, cfg.weight_decay, device)
     shape = (cfg.batch_size, mcfg.image_channels, mcfg.image_size, mcfg.image_size)
     x, noise = torch.randn(shape, device=device), torch.randn(shape, device=device)

@@ -268,7 +268,8 @@ def test_channels_last_auto_trains_like_nchw_and_resumes_across_layouts(tmp_path
     def losses(run) -> list[float]:
         return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
 
-    cfg = dict(max_steps=6, log_every_steps=1, num_sample_images=0, checkpoint_every_steps=3, tensorboard=False)
+    cfg = dict(max_steps=6, log_every_steps=1, num_sample_images=0, checkpoint_every_steps=3, tensorboard=False,
+               device="cpu")
     auto = Trainer(tiny_diffusion_config(tmp_path / "probe", **cfg), tiny_model_config())
     assert auto.channels_last and auto.model.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     nhwc = train_diffusion(tiny_diffusion_config(tmp_path / "nhwc", **cfg), tiny_model_config())
@@ -279,10 +280,11 @@ def test_channels_last_auto_trains_like_nchw_and_resumes_across_layouts(tmp_path
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
 
-    # Resume the NCHW run's step-3 checkpoint in NHWC: it ends where the uninterrupted run does (PyTorch's fused
-    # AdamW pairs weights and moments by memory order, so the loaded moments must take the new layout).
-    (nchw / "checkpoints" / "step_00000006.pt").unlink()
-    train_diffusion(tiny_diffusion_config(tmp_path / "nchw", channels_last=True, resume=True, **cfg), tiny_model_config())
-    c = load_checkpoint(nchw / "checkpoints" / "step_00000006.pt")["model"]
-    for k in a:
-        torch.testing.assert_close(c[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    # Resume each run's step-3 checkpoint in the other layout: it ends where the uninterrupted run does (PyTorch's
+    # fused AdamW pairs weights and moments by memory order, so the loaded moments must take the new layout).
+    for run, layout, whole in ((nchw, True, b), (nhwc, False, a)):
+        (run / "checkpoints" / "step_00000006.pt").unlink()
+        train_diffusion(tiny_diffusion_config(run.parent, channels_last=layout, resume=True, **cfg), tiny_model_config())
+        c = load_checkpoint(run / "checkpoints" / "step_00000006.pt")["model"]
+        for k in whole:
+            torch.testing.assert_close(c[k], whole[k], rtol=1e-4, atol=1e-5, msg=f"resumed with channels_last={layout}: {k}")

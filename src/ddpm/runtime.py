@@ -67,7 +67,7 @@ def use_channels_last(setting: bool | None, device: torch.device, dtype: torch.d
     """Whether to train in NHWC: the setting where given, else on for fp32 on a CPU at image_size <= 32.
 
     Measured side by side (benchmarks/bench_demo_shapes.py, docs/time_to_quality.md): the demo's fp32
-    step on AVX2 is 7-9% faster in NHWC, its bf16 step 6-8% slower, and the wide model's fp32 step
+    step on AVX2 is 7-13% faster in NHWC, its bf16 step 6-8% slower, and the wide model's fp32 step
     6% faster at 32x32 but 5% slower at 128x128 (docs/benchmarks.md). GPUs are not measured, so they keep NCHW.
     """
     if setting is not None:
