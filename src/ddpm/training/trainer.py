@@ -335,7 +335,7 @@ class Trainer:
                     state_p["step"] = state_p["step"].to(p.device, torch.float32)
                 # The fused kernel walks parameter and moments in memory order: moments saved by a run in the
                 # other layout (channels_last changed on resume) would be paired with the wrong weights.
-                for key, value in state_p.items():
+                for key, value in list(state_p.items()):
                     if key != "step" and torch.is_tensor(value) and value.shape == p.shape:
                         state_p[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
         self.lr_schedule.load_state_dict(state["lr_schedule"])
