@@ -24,24 +24,25 @@ from ddpm.training.trainer import Trainer
 DEMO_2020 = dict(base_dim=32, norm_groups=8, num_res_blocks=2)
 # NCHW = channels_last off, as every demo trained before channels_last became automatic for fp32 CPUs.
 NCHW = dict(channels_last=False)
+# The demo model at half width, and with one ResNet block a level.
+NARROW = dict(base_dim=16, norm_groups=4)
+ONE_BLOCK = dict(NARROW, num_res_blocks=1)
 # name: (ModelConfig overrides, DiffusionConfig overrides) on top of the demo preset and DEMO_2020.
 VARIANTS: dict[str, tuple[dict, dict]] = {
     "2020 demo": ({}, NCHW),
-    "narrow (base 16; the demo since 2026-12-03)": (dict(base_dim=16, norm_groups=4), NCHW),
+    "narrow (base 16; the demo since 2026-12-03)": (NARROW, NCHW),
     "base 24": (dict(base_dim=24, norm_groups=8), NCHW),
     "1 ResNet block a level": (dict(num_res_blocks=1), NCHW),
-    "narrow with 1 ResNet block a level": (dict(base_dim=16, norm_groups=4, num_res_blocks=1), NCHW),
+    "narrow with 1 ResNet block a level": (ONE_BLOCK, NCHW),
     "batch 32": ({}, dict(batch_size=32, **NCHW)),
     "batch 48": ({}, dict(batch_size=48, **NCHW)),
     # channels_last auto (None): NHWC in fp32 on a CPU, NCHW in bf16.
-    "narrow + channels_last auto": (dict(base_dim=16, norm_groups=4), {}),
-    "narrow with 1 ResNet block a level + channels_last auto": (dict(base_dim=16, norm_groups=4, num_res_blocks=1), {}),
-    "narrow 1-block with widths 1 1 2 + channels_last auto": (dict(base_dim=16, norm_groups=4, num_res_blocks=1,
-                                                           dim_multiply=(1, 1, 2)), {}),
-    "narrow 1-block without 8x8 attention + channels_last auto": (dict(base_dim=16, norm_groups=4, num_res_blocks=1,
-                                                                    transformer_layers=()), {}),
+    "narrow + channels_last auto": (NARROW, {}),
+    "narrow with 1 ResNet block a level + channels_last auto": (ONE_BLOCK, {}),
+    "narrow 1-block with widths 1 1 2 + channels_last auto": (dict(ONE_BLOCK, dim_multiply=(1, 1, 2)), {}),
+    "narrow 1-block without 8x8 attention + channels_last auto": (dict(ONE_BLOCK, transformer_layers=()), {}),
     "narrow 1-block with widths 1 1 2 without 8x8 attention + channels_last auto": (
-        dict(base_dim=16, norm_groups=4, num_res_blocks=1, dim_multiply=(1, 1, 2), transformer_layers=()), {}),
+        dict(ONE_BLOCK, dim_multiply=(1, 1, 2), transformer_layers=()), {}),
     "base 12 1-block + channels_last auto": (dict(base_dim=12, norm_groups=4, num_res_blocks=1), {}),
 }
 

@@ -33,6 +33,17 @@ from pathlib import Path
 # the preset becomes. channels_last is left to its auto setting: it changes the speed of fp32 runs, not what
 # they learn (tests/test_train.py).
 TODAY = ["--base-dim", "32", "--norm-groups", "8", "--num-res-blocks", "2", "--lr-decay", "none", "--max-steps", "4000"]
+# Flags the recipes below build on: the demo model at half width, with one ResNet block a level, and a learning
+# rate falling linearly to 0 at a run of n steps.
+NARROW = ["--base-dim", "16", "--norm-groups", "4"]
+ONE_BLOCK = [*NARROW, "--num-res-blocks", "1"]
+
+
+def decay(steps: int) -> list[str]:
+    """--lr-decay linear over a run of `steps` steps."""
+    return ["--lr-decay", "linear", "--max-steps", str(steps)]
+
+
 # name -> extra `ddpm train` flags on top of --preset demo and TODAY (a later flag wins).
 RECIPES: dict[str, list[str]] = {
     "today": [],
@@ -45,32 +56,25 @@ RECIPES: dict[str, list[str]] = {
     "cosine-v-minsnr-ztsnr": ["--beta-schedule", "cosine", "--zero-terminal-snr", "--prediction", "v",
                               "--loss-weighting", "min-snr"],
     # The demo model at half width (~0.42M parameters): ~3x cheaper steps.
-    "v-minsnr-narrow": ["--prediction", "v", "--loss-weighting", "min-snr", "--base-dim", "16", "--norm-groups", "4"],
+    "v-minsnr-narrow": ["--prediction", "v", "--loss-weighting", "min-snr", *NARROW],
     # Learning rate falling linearly to 0 at the run's end (--lr-decay linear), at shorter lengths.
-    "decay-2k": ["--lr-decay", "linear", "--max-steps", "2000"],
-    "narrow-decay-3k": ["--base-dim", "16", "--norm-groups", "4", "--lr-decay", "linear", "--max-steps", "3000"],
-    "narrow-decay-4k": ["--base-dim", "16", "--norm-groups", "4", "--lr-decay", "linear", "--max-steps", "4000"],
+    "decay-2k": decay(2000),
+    "narrow-decay-3k": [*NARROW, *decay(3000)],
+    "narrow-decay-4k": [*NARROW, *decay(4000)],
     # Toward the 10-minute fp32 AVX2 target from the narrow demo: a doubled peak learning rate at 3,000 steps,
     # and one ResNet block a level (two going up) at 4,000.
-    "narrow-decay-3k-lr2x": ["--base-dim", "16", "--norm-groups", "4", "--lr-decay", "linear", "--max-steps", "3000",
-                             "--learning-rate", "2e-3"],
-    "narrow-1block-decay-4k": ["--base-dim", "16", "--norm-groups", "4", "--num-res-blocks", "1", "--lr-decay", "linear",
-                               "--max-steps", "4000"],
+    "narrow-decay-3k-lr2x": [*NARROW, *decay(3000), "--learning-rate", "2e-3"],
+    "narrow-1block-decay-4k": [*ONE_BLOCK, *decay(4000)],
     # The same at 5,000 steps: still ~2.9x cheaper than the 2020 demo, to win back the precision that 4,000 lose.
-    "narrow-1block-decay-5k": ["--base-dim", "16", "--norm-groups", "4", "--num-res-blocks", "1", "--lr-decay", "linear",
-                               "--max-steps", "5000"],
+    "narrow-1block-decay-5k": [*ONE_BLOCK, *decay(5000)],
     # Cheaper still, toward the 10-minute AVX2 target (bench_demo_shapes.py: 1.22x and 1.39x the 1-block step):
     # the 8x8 level at 16 channels instead of 32, and that without its attention.
-    "narrow-1block-112-decay-5k": ["--base-dim", "16", "--norm-groups", "4", "--num-res-blocks", "1",
-                                   "--dim-multiply", "1,1,2", "--lr-decay", "linear", "--max-steps", "5000"],
-    "narrow-1block-112-noattn-decay-5k": ["--base-dim", "16", "--norm-groups", "4", "--num-res-blocks", "1",
-                                          "--dim-multiply", "1,1,2", "--transformer-layers", "", "--lr-decay", "linear",
-                                          "--max-steps", "5000"],
+    "narrow-1block-112-decay-5k": [*ONE_BLOCK, "--dim-multiply", "1,1,2", *decay(5000)],
+    "narrow-1block-112-noattn-decay-5k": [*ONE_BLOCK, "--dim-multiply", "1,1,2", "--transformer-layers", "",
+                                          *decay(5000)],
     # Fewer steps for the demo's shape: v-prediction with min-SNR weighting on the one-block model at 4,000 steps
     # (eps at 4,000: precision 0.830 on average, short of 5,000's 0.852).
-    "narrow-1block-v-minsnr-decay-4k": ["--base-dim", "16", "--norm-groups", "4", "--num-res-blocks", "1",
-                                        "--prediction", "v", "--loss-weighting", "min-snr", "--lr-decay", "linear",
-                                        "--max-steps", "4000"],
+    "narrow-1block-v-minsnr-decay-4k": [*ONE_BLOCK, "--prediction", "v", "--loss-weighting", "min-snr", *decay(4000)],
     # Half the images per step (same 4,000 steps): a step ~1.9x cheaper on fp32 AVX2 at the same images/s.
     "batch32": ["--batch-size", "32"],
 }
