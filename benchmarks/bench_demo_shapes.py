@@ -27,6 +27,7 @@ NCHW = dict(channels_last=False)
 # The demo model at half width, and with one ResNet block a level.
 NARROW = dict(base_dim=16, norm_groups=4)
 ONE_BLOCK = dict(NARROW, num_res_blocks=1)
+PATCH2 = dict(patch_size=2, dim_multiply=(1, 1), transformer_layers=(0,), base_dim=32, norm_groups=8, num_res_blocks=1)
 # name: (ModelConfig overrides, DiffusionConfig overrides) on top of the demo preset and DEMO_2020.
 VARIANTS: dict[str, tuple[dict, dict]] = {
     "2020 demo": ({}, NCHW),
@@ -44,6 +45,10 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "narrow 1-block with widths 1 1 2 without 8x8 attention + channels_last auto": (
         dict(ONE_BLOCK, dim_multiply=(1, 1, 2), transformer_layers=()), {}),
     "base 12 1-block + channels_last auto": (dict(base_dim=12, norm_groups=4, num_res_blocks=1), {}),
+    # 2x2 patches (pixel unshuffle): the 1-block model without its 16x16 level, at 8x8 and 4x4, 32 channels each.
+    "patch 2, 1-block, levels 8x8 and 4x4 at 32 channels + channels_last auto": (PATCH2, {}),
+    "patch 2, 1-block, levels 8x8, 4x4 and 2x2 at 32 channels + channels_last auto": (
+        dict(PATCH2, dim_multiply=(1, 1, 1), lowest_resolution_size=2), {}),
 }
 
 

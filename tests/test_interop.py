@@ -254,6 +254,9 @@ def test_what_diffusers_cannot_represent_is_refused_with_the_reason(tmp_path):
     state["model_config"] = config_to_dict(widths)  # 8 and 16 channels: 4 and 8 per head
     with pytest.raises(UsageError, match="attention_heads=2"):
         write_diffusers(state, tmp_path / "d")
+    state["model_config"] = config_to_dict(tiny_model_config(embedding_placement="after_conv1", patch_size=2))
+    with pytest.raises(UsageError, match="patch_size=2"):
+        write_diffusers(state, tmp_path / "d")
 
 
 def test_convert_and_sample_from_the_folder_give_the_same_images(tmp_path):

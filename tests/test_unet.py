@@ -117,6 +117,7 @@ def test_bf16_cpu_attention_path_matches_float64_and_its_gradients():
         (dict(dim_multiply=()), "dim_multiply"),
         (dict(embedding_placement="middle"), "embedding_placement"),
         (dict(dropout=1.5), "dropout"),
+        (dict(patch_size=0), "patch_size"),
     ],
 )
 def test_invalid_config_fails_at_construction_naming_the_field(overrides, field):
@@ -128,3 +129,45 @@ def test_wrong_image_size_is_a_clear_error():
     model = UNet(tiny_model_config())
     with pytest.raises(ValueError, match=r"\(B, 1, 8, 8\)"):
         model(torch.randn(1, 1, 16, 16), torch.tensor([0]))
+
+
+def _space_to_depth(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C*p*p, H/p, W/p), channel c*p*p + i*p + j holding pixel (i, j) of each patch."""
+    B, C, H, W = x.shape
+    return x.reshape(B, C, H // p, p, W // p, p).permute(0, 1, 3, 5, 2, 4).reshape(B, C * p * p, H // p, W // p)
+
+
+def _depth_to_space(x: torch.Tensor, p: int) -> torch.Tensor:
+    B, Cpp, h, w = x.shape
+    C = Cpp // (p * p)
+    return x.reshape(B, C, p, p, h, w).permute(0, 1, 4, 2, 5, 3).reshape(B, C, h * p, w * p)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_patch_size_2_is_the_pixel_model_on_2x2_patches_as_channels(channels_last):
+    # patch_size 2 on 16x16 grayscale images = the same U-Net taking 4-channel 8x8 images, fed each 2x2 patch
+    # as the 4 channels of one position and its output put back the same way (written out here by reshapes).
+    patched_cfg = tiny_model_config(patch_size=2)
+    pixel_cfg = tiny_model_config(image_channels=4)
+    assert patched_cfg.image_size == 16 and pixel_cfg.image_size == 8
+    patched, pixel = UNet(patched_cfg).double(), UNet(pixel_cfg).double()
+    for p in patched.parameters():  # leave the zero init so the output depends on everything
+        torch.nn.init.normal_(p, std=0.2)
+    pixel.load_state_dict(patched.state_dict())  # the same weights, shape for shape
+    x = torch.randn(3, 1, 16, 16, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0, 7, 19])
+    model_input = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    out = patched(model_input, t)
+    want = _depth_to_space(pixel(_space_to_depth(x, 2), t), 2)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
+    (grad,) = torch.autograd.grad(out.square().sum(), x)
+    (want_grad,) = torch.autograd.grad(want.square().sum(), x)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-10, atol=1e-10)
+
+
+def test_patch_size_1_is_the_model_of_before():
+    # The field's default leaves every earlier model as it was: same parameters, same state dict keys.
+    old, new = UNet(tiny_model_config()), UNet(tiny_model_config(patch_size=1))
+    assert {k: v.shape for k, v in old.state_dict().items()} == {k: v.shape for k, v in new.state_dict().items()}
+    assert old.conv_in.in_channels == 1 and UNet(tiny_model_config(patch_size=2)).conv_in.in_channels == 4

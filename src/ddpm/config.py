@@ -99,6 +99,7 @@ class ModelConfig:
     downsample_padding: int = _f(1, "padding of the stride-2 downsampling convolution: 1 = one pixel on every side; 0 = one pixel on the right and bottom only, TensorFlow's 'SAME' (the official DDPM models)")
     embedding_flip_sin_to_cos: bool = _f(False, "order of the sinusoidal timestep embedding: False = sines then cosines (the official DDPM code), True = cosines first")
     embedding_freq_shift: int = _f(1, "the timestep embedding's frequencies are 10000^(-i / (half - shift)), i = 0 .. half - 1, half = base_dim / 2: 1 = from 1 down to exactly 1/10000 (the official DDPM code); 0 = as in 'Attention is all you need'")
+    patch_size: int = _f(1, "side of the square pixel patches the U-Net works on: 1 = pixels (the seed); 2 = each 2x2 patch becomes image_channels * 4 channels (pixel unshuffle, as in Hoogeboom et al.'s simple diffusion), so every level runs at half the resolution for ~half the compute, and the output is unshuffled back; the image side is then lowest_resolution_size * 2**(levels - 1) * patch_size")
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -137,13 +138,15 @@ class ModelConfig:
         _require(0.0 < self.norm_eps < 1.0, f"ModelConfig.norm_eps={self.norm_eps} must lie in (0, 1) (default 1e-5; official DDPM: 1e-6).")
         _require(self.downsample_padding in (0, 1),
                  f"ModelConfig.downsample_padding={self.downsample_padding}; choose 1 (every side) or 0 (right and bottom only).")
+        _require(self.patch_size >= 1,
+                 f"ModelConfig.patch_size={self.patch_size} must be a positive number of pixels (1 = no patches, the seed).")
         _require(self.embedding_freq_shift in (0, 1),
                  f"ModelConfig.embedding_freq_shift={self.embedding_freq_shift}; choose 1 (official DDPM) or 0.")
 
     @property
     def image_size(self) -> int:
-        """Side of the square images the model takes: lowest_resolution_size * 2**(levels - 1)."""
-        return self.lowest_resolution_size * 2 ** (len(self.dim_multiply) - 1)
+        """Side of the square images the model takes: lowest_resolution_size * 2**(levels - 1) * patch_size."""
+        return self.lowest_resolution_size * 2 ** (len(self.dim_multiply) - 1) * self.patch_size
 
 
 @dataclass

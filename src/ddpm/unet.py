@@ -208,7 +208,9 @@ class UNet(nn.Module):
         # Class conditioning (Ho & Salimans 2022): a learned embedding per class plus one "no class"
         # entry (index num_classes), added to the timestep embedding.
         self.class_emb = nn.Embedding(config.num_classes + 1, temb_dim) if config.num_classes else None
-        self.conv_in = nn.Conv2d(config.image_channels, base, 3, padding=1)
+        # With patches, the U-Net sees each p x p patch of pixels as p * p channels of one position.
+        patch_channels = config.image_channels * config.patch_size ** 2
+        self.conv_in = nn.Conv2d(patch_channels, base, 3, padding=1)
 
         skip_channels = [base]
         ch = base
@@ -242,7 +244,7 @@ class UNet(nn.Module):
         assert not skip_channels, "every skip connection is used exactly once"
 
         self.norm_out = nn.GroupNorm(groups, ch, eps=eps)
-        self.conv_out = _zero_init(nn.Conv2d(ch, config.image_channels, 3, padding=1))
+        self.conv_out = _zero_init(nn.Conv2d(ch, patch_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the noise in x_t.
@@ -262,7 +264,7 @@ class UNet(nn.Module):
         if x.dim() != 4 or x.shape[1] != channels or x.shape[2] != size or x.shape[3] != size:
             raise ValueError(
                 f"UNet expects images of shape (B, {channels}, {size}, {size}) for this ModelConfig "
-                f"(image_size = lowest_resolution_size * 2**(levels-1)), got {tuple(x.shape)}."
+                f"(image_size = lowest_resolution_size * 2**(levels-1) * patch_size), got {tuple(x.shape)}."
             )
         # In x's dtype, so a float64 model runs (for references); autocast still governs the MLP's matmuls.
         sinusoid = timestep_embedding(t, self.config.base_dim, flip_sin_to_cos=self.config.embedding_flip_sin_to_cos,
@@ -275,7 +277,8 @@ class UNet(nn.Module):
         temb = F.silu(temb)
         res = self._checkpointed if self.gradient_checkpointing and self.training else _call
 
-        h = self.conv_in(x)
+        patch = self.config.patch_size
+        h = self.conv_in(F.pixel_unshuffle(x, patch) if patch > 1 else x)
         skips = [h]
         for stage in self.down:
             for block, attn in zip(stage.blocks, stage.attns, strict=True):
@@ -293,7 +296,8 @@ class UNet(nn.Module):
             if stage.resample is not None:
                 h = stage.resample(h)
 
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return F.pixel_shuffle(out, patch) if patch > 1 else out
 
     @staticmethod
     def _checkpointed(block: nn.Module, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
