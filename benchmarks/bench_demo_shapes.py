@@ -46,8 +46,8 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
         dict(ONE_BLOCK, dim_multiply=(1, 1, 2), transformer_layers=()), {}),
     "base 12 1-block + channels_last auto": (dict(base_dim=12, norm_groups=4, num_res_blocks=1), {}),
     # 2x2 patches (pixel unshuffle): the 1-block model without its 16x16 level, at 8x8 and 4x4, 32 channels each.
-    "patch 2, 1-block, levels 8x8 and 4x4 at 32 channels + channels_last auto": (PATCH2, {}),
-    "patch 2, 1-block, levels 8x8, 4x4 and 2x2 at 32 channels + channels_last auto": (
+    "patch 2 1-block at 8x8 and 4x4 + channels_last auto": (PATCH2, {}),
+    "patch 2 1-block at 8x8 4x4 2x2 + channels_last auto": (
         dict(PATCH2, dim_multiply=(1, 1, 1), lowest_resolution_size=2), {}),
 }
 
