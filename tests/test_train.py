@@ -157,6 +157,20 @@ def test_folder_dataset_trains_with_augmentation(tmp_path):
     assert (run / "checkpoints" / "step_00000003.pt").is_file()
 
 
+def test_patch_model_trains_resumes_and_samples(tmp_path):
+    # A 2x2-patch U-Net through the whole path: training (fp32 on the CPU: NHWC by the auto rule), its
+    # checkpoint, resuming it, and sampling from it at the images' own size.
+    from ddpm.generation import load_model, sample_images
+
+    mcfg = tiny_model_config(patch_size=2, lowest_resolution_size=2)  # 8x8 digits, levels at 4x4 and 2x2
+    run = train_diffusion(tiny_diffusion_config(tmp_path, max_steps=2, num_sample_images=2, device="cpu"), mcfg)
+    train_diffusion(tiny_diffusion_config(tmp_path, max_steps=4, num_sample_images=2, device="cpu", resume=True), mcfg)
+    loaded = load_model(run=run)
+    assert loaded.step == 4 and loaded.model_config.patch_size == 2
+    images = sample_images(loaded.model, loaded.schedule, 2, sampler="ddim", num_steps=3)
+    assert images.shape == (2, 1, 8, 8) and torch.isfinite(images).all()
+
+
 def test_checkpoint_that_runs_code_is_refused(tmp_path):
     import pickle
 

@@ -145,18 +145,23 @@ def _depth_to_space(x: torch.Tensor, p: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_patch_size_2_is_the_pixel_model_on_2x2_patches_as_channels(channels_last):
-    # patch_size 2 on 16x16 grayscale images = the same U-Net taking 4-channel 8x8 images, fed each 2x2 patch
-    # as the 4 channels of one position and its output put back the same way (written out here by reshapes).
-    patched_cfg = tiny_model_config(patch_size=2)
-    pixel_cfg = tiny_model_config(image_channels=4)
+    # patch_size 2 on 16x16 RGB images = the same U-Net taking 12-channel 8x8 images, fed each 2x2 patch
+    # as the 12 channels of one position and its output put back the same way (written out here by reshapes).
+    patched_cfg = tiny_model_config(patch_size=2, image_channels=3)
+    pixel_cfg = tiny_model_config(image_channels=12)
     assert patched_cfg.image_size == 16 and pixel_cfg.image_size == 8
     patched, pixel = UNet(patched_cfg).double(), UNet(pixel_cfg).double()
+    assert patched.conv_in.in_channels == 12 and patched.conv_out.out_channels == 12
     for p in patched.parameters():  # leave the zero init so the output depends on everything
         torch.nn.init.normal_(p, std=0.2)
     pixel.load_state_dict(patched.state_dict())  # the same weights, shape for shape
-    x = torch.randn(3, 1, 16, 16, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 3, 16, 16, dtype=torch.float64, requires_grad=True)
     t = torch.tensor([0, 7, 19])
-    model_input = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    model_input = x
+    if channels_last:  # NHWC, as the Trainer lays out fp32 CPU training (pixel_unshuffle must honour it)
+        patched = patched.to(memory_format=torch.channels_last)
+        model_input = x.contiguous(memory_format=torch.channels_last)
+        assert model_input.stride() != x.stride()
     out = patched(model_input, t)
     want = _depth_to_space(pixel(_space_to_depth(x, 2), t), 2)
     assert out.shape == x.shape
@@ -164,10 +169,3 @@ def test_patch_size_2_is_the_pixel_model_on_2x2_patches_as_channels(channels_las
     (grad,) = torch.autograd.grad(out.square().sum(), x)
     (want_grad,) = torch.autograd.grad(want.square().sum(), x)
     torch.testing.assert_close(grad, want_grad, rtol=1e-10, atol=1e-10)
-
-
-def test_patch_size_1_is_the_model_of_before():
-    # The field's default leaves every earlier model as it was: same parameters, same state dict keys.
-    old, new = UNet(tiny_model_config()), UNet(tiny_model_config(patch_size=1))
-    assert {k: v.shape for k, v in old.state_dict().items()} == {k: v.shape for k, v in new.state_dict().items()}
-    assert old.conv_in.in_channels == 1 and UNet(tiny_model_config(patch_size=2)).conv_in.in_channels == 4

@@ -82,9 +82,9 @@ def _require(ok: bool, message: str) -> None:
 class ModelConfig:
     """The seed's U-Net (DDPM, Ho et al. 2020, Appendix B), one level per entry of dim_multiply."""
 
-    lowest_resolution_size: int = _f(8, "side of the bottleneck feature map, pixels")
+    lowest_resolution_size: int = _f(8, "side of the bottleneck feature map, in pixels (in patches when patch_size > 1)")
     dim_multiply: tuple[int, ...] = _f((1, 2, 2, 4, 8), "channel multiplier of base_dim per level")
-    transformer_layers: tuple[int, ...] = _f((3,), "level indices (0 = full res) with self-attention")
+    transformer_layers: tuple[int, ...] = _f((3,), "level indices (0 = the first level, at image_size / patch_size) with self-attention")
     base_dim: int = _f(64, "channels at level 0; the timestep MLP is 4 * base_dim wide")
     image_channels: int = _f(3, "1 = grayscale, 3 = RGB")
     num_res_blocks: int = _f(2, "ResNet blocks per level going down; going up has one more, each concatenating one skip (the seed's 2 down and 3 up; the count is tied so that every skip is used exactly once).")
@@ -99,7 +99,7 @@ class ModelConfig:
     downsample_padding: int = _f(1, "padding of the stride-2 downsampling convolution: 1 = one pixel on every side; 0 = one pixel on the right and bottom only, TensorFlow's 'SAME' (the official DDPM models)")
     embedding_flip_sin_to_cos: bool = _f(False, "order of the sinusoidal timestep embedding: False = sines then cosines (the official DDPM code), True = cosines first")
     embedding_freq_shift: int = _f(1, "the timestep embedding's frequencies are 10000^(-i / (half - shift)), i = 0 .. half - 1, half = base_dim / 2: 1 = from 1 down to exactly 1/10000 (the official DDPM code); 0 = as in 'Attention is all you need'")
-    patch_size: int = _f(1, "side of the square pixel patches the U-Net works on: 1 = pixels (the seed); 2 = each 2x2 patch becomes image_channels * 4 channels (pixel unshuffle, as in Hoogeboom et al.'s simple diffusion), so every level runs at half the resolution for ~half the compute, and the output is unshuffled back; the image side is then lowest_resolution_size * 2**(levels - 1) * patch_size")
+    patch_size: int = _f(1, "side of the square pixel patches the U-Net works on: 1 = pixels (the seed); 2 = each 2x2 patch becomes image_channels * 4 channels (pixel unshuffle, as in Hoogeboom et al.'s simple diffusion), so every level runs at half the resolution, a quarter of the compute at the same widths, and the output is shuffled back into pixels; the image side is then lowest_resolution_size * 2**(levels - 1) * patch_size")
 
     def __post_init__(self) -> None:
         _check_types(self)

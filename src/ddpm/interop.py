@@ -275,14 +275,14 @@ def unet_config(config: ModelConfig) -> dict[str, Any]:
     def refuse(field: str, value: Any, why: str) -> UsageError:
         return UsageError(f"ModelConfig.{field}={value!r} has no equivalent in diffusers' UNet2DModel: {why}.")
 
+    if config.patch_size != 1:
+        raise refuse("patch_size", config.patch_size, "it works on pixels; a model trained on patches has no "
+                     "UNet2DModel form (train with --patch-size 1 to export to diffusers)")
     if config.embedding_placement != "after_conv1":
         raise refuse("embedding_placement", config.embedding_placement,
                      "its ResNet blocks add the timestep embedding after the first convolution (the official DDPM "
                      "placement, 'after_conv1'), this model adds it to the block's input (the seed's); train with "
                      "--embedding-placement after_conv1 to export to diffusers")
-    if config.patch_size != 1:
-        raise refuse("patch_size", config.patch_size, "it works on pixels; a model trained on patches has no "
-                     "UNet2DModel form (train with --patch-size 1 to export to diffusers)")
     if config.dim_multiply[0] != 1:
         raise refuse("dim_multiply", list(config.dim_multiply), "its first level is as wide as conv_in and the "
                      "timestep sinusoid (block_out_channels[0]); start dim_multiply with 1")

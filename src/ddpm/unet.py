@@ -184,7 +184,9 @@ class UNet(nn.Module):
     Going down, each level has num_res_blocks ResNet blocks and a stride-2 downsample (except the
     last); the bottleneck is ResNet, attention, ResNet; going up, each level has num_res_blocks + 1
     blocks that each concatenate one skip from the way down, then a nearest+conv upsample.
-    Self-attention follows every block of the levels in transformer_layers.
+    Self-attention follows every block of the levels in transformer_layers. With patch_size p > 1 the
+    network takes each p x p pixel patch as p * p channels (pixel unshuffle) and shuffles its output
+    back into pixels, so the first level runs at image_size / p.
     """
 
     def __init__(self, config: ModelConfig) -> None:
