@@ -29,10 +29,11 @@ import time
 from pathlib import Path
 
 # The demo preset as it was when this benchmark began (the 2020 recipe: base width 32, two ResNet blocks a
-# level, constant learning rate, 4,000 steps), spelled out so that every recipe stays what it was whatever
+# level, constant learning rate, uniform weighting, 4,000 steps), spelled out so that every recipe stays what it was whatever
 # the preset becomes. channels_last is left to its auto setting: it changes the speed of fp32 runs, not what
 # they learn (tests/test_train.py).
-TODAY = ["--base-dim", "32", "--norm-groups", "8", "--num-res-blocks", "2", "--lr-decay", "none", "--max-steps", "4000"]
+TODAY = ["--base-dim", "32", "--norm-groups", "8", "--num-res-blocks", "2", "--lr-decay", "none", "--max-steps", "4000",
+         "--loss-weighting", "uniform", "--snr-gamma", "5"]
 # Flags the recipes below build on: the demo model at half width, with one ResNet block a level, and a learning
 # rate falling linearly to 0 at a run of n steps.
 NARROW = ["--base-dim", "16", "--norm-groups", "4"]
