@@ -12,7 +12,7 @@ from . import convert, edit, export, noise, sample, stats, train
 from . import eval as eval_cmd
 
 EPILOG = """examples:
-  ddpm train --preset demo                          # built-in digits: ~5-6 min on a 2-core AMX CPU, 13-16 on AVX2
+  ddpm train --preset demo                          # built-in digits: 4-10 min on a 2-core AMX CPU, 10-13 on AVX2
   ddpm train --dataset folder:~/images --preset seed --max-steps 100000
   ddpm sample --run runs/demo --num-images 64 --out grid.png --npz samples.npz
   ddpm sample --run runs/demo --sampler dpmpp-2m --sample-steps 10 --out grid_fast.png
