@@ -341,8 +341,7 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "demo": (
         dict(dataset_name="digits", learning_rate=1e-3, batch_size=64, timesteps_diff=200, max_steps=4000,
              warmup_steps=200, lr_decay="linear", loss_weighting="min-snr", snr_gamma=20.0, ema_decay=0.999,
-             log_every_steps=100,
-             checkpoint_every_steps=1000, num_sample_images=64),
+             log_every_steps=100, checkpoint_every_steps=1000, num_sample_images=64),
         # One ResNet block a level going down (two up), where the seed has 2 and 3: chosen by
         # benchmarks/time_to_quality.py (docs/time_to_quality.md), the `seed` preset keeps the seed's.
         dict(lowest_resolution_size=4, dim_multiply=(1, 2, 2), transformer_layers=(1,), base_dim=16,
