@@ -23,7 +23,13 @@ import ddpm.checkpoint as checkpoint_module
 from ddpm import ConfigError, DiffusionConfig, ModelConfig, train_diffusion
 from ddpm.checkpoint import CheckpointWriteError, atomic_save, load_checkpoint
 from ddpm.cli import main as cli_main
-from ddpm.config import EMBEDDING_PLACEMENTS, LOSS_WEIGHTINGS, PRECISIONS, SAMPLE_VARIANCES
+from ddpm.config import (
+    EMBEDDING_PLACEMENTS,
+    LOSS_WEIGHTINGS,
+    PRECISIONS,
+    SAMPLE_VARIANCES,
+    TIMESTEP_SAMPLINGS,
+)
 from ddpm.image_files import cached_folder
 from ddpm.run_dir import RunDir, RunDirBusy
 from ddpm.samplers import SAMPLERS
@@ -181,6 +187,7 @@ DIFFUSION_RANGES = {
     "sampler": _choice(SAMPLERS),
     "sample_variance": _choice(SAMPLE_VARIANCES),
     "loss_weighting": _choice(LOSS_WEIGHTINGS),
+    "timestep_sampling": _choice(TIMESTEP_SAMPLINGS),
     "crop_mode": _choice(("center", "pad")),
     "clip_x0": (st.booleans(), st.sampled_from([0, 1, "yes", None])),
 }

@@ -16,7 +16,7 @@ import ddpm
 from ddpm import DiffusionConfig, train_diffusion
 from ddpm.config import PREDICTIONS
 from ddpm.generation import load_model, sample_images
-from ddpm.losses import diffusion_loss, snr_weight
+from ddpm.losses import diffusion_loss, draw_timesteps, snr_weight
 from ddpm.samplers import SAMPLERS, run_sampler, timestep_list
 from ddpm.samplers.sigmas import SigmaTable
 from ddpm.schedule import NoiseSchedule, cosine_betas, rescale_zero_terminal_snr
@@ -222,3 +222,67 @@ def test_the_trainer_trains_with_the_configured_weighting(tmp_path, monkeypatch)
                                 loss_weighting="soft-min-snr", snr_gamma=2.5)
     train_diffusion(cfg, tiny_model_config())
     assert seen and set(seen) == {("soft-min-snr", 2.5, "x0")}
+
+
+def test_uniform_timesteps_are_the_random_stream_they_always_were():
+    # Runs made before stratified sampling existed resume onto the same random draws.
+    a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(draw_timesteps(64, 200, "uniform", generator=a), torch.randint(0, 200, (64,), generator=b))
+
+
+@pytest.mark.parametrize("batch,T", [(64, 200), (7, 1000), (200, 200), (8, 3)])
+def test_stratified_timesteps_take_one_t_per_slice_and_each_t_stays_uniform(batch, T):
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([draw_timesteps(batch, T, "stratified", generator=g) for _ in range(4000)])
+    assert draws.dtype == torch.long and draws.min() >= 0 and draws.max() <= T - 1
+    # Sorted, the k-th timestep of every batch lies in slice k, [k T / B, (k + 1) T / B), floored.
+    k = torch.arange(batch, dtype=torch.float64)
+    lo, hi = torch.floor(k * T / batch).long(), torch.ceil((k + 1) * T / batch).long() - 1
+    ordered = draws.sort(dim=1).values
+    assert ((ordered >= lo) & (ordered <= hi)).all()
+    # Each position on its own is uniform on {0..T-1} (the slots are shuffled): a chi-square test of the
+    # first position's counts against 1 / T, and the mean of all against (T - 1) / 2.
+    first = torch.bincount(draws[:, 0], minlength=T).double()
+    expected = len(draws) / T
+    chi2 = ((first - expected) ** 2 / expected).sum().item()
+    dof = T - 1
+    assert chi2 < dof + 5 * math.sqrt(2 * dof), (chi2, dof)
+    mean_sd = math.sqrt((T * T - 1) / 12 / len(draws))
+    assert abs(draws[:, 0].double().mean().item() - (T - 1) / 2) < 5 * mean_sd
+    # And positions are not tied to slices: the first position lands in the first slice ~1 / B of the time.
+    assert (draws[:, 0] <= hi[0]).double().mean().item() < 0.5 + 1.0 / batch
+
+
+def test_stratified_timesteps_estimate_a_batch_mean_with_less_variance():
+    # What stratification is for: the batch mean of a per-t loss f(t) varies less from batch to batch. With
+    # f(t) = t, independent draws give Var = (T^2 - 1) / 12 / B; one draw per slice leaves only the
+    # within-slice spread, about B^2 times less.
+    batch, T = 64, 200
+    g = torch.Generator().manual_seed(1)
+    means = {kind: torch.stack([draw_timesteps(batch, T, kind, generator=g).double().mean() for _ in range(3000)])
+             for kind in ("uniform", "stratified")}
+    var_uniform = (T * T - 1) / 12 / batch
+    assert abs(means["uniform"].var().item() / var_uniform - 1) < 0.1
+    assert means["stratified"].var().item() < var_uniform / 100
+    assert abs(means["stratified"].mean().item() - (T - 1) / 2) < 0.05
+
+
+def test_a_stratified_run_stores_its_sampling_and_the_trainer_uses_it(tmp_path, monkeypatch):
+    import ddpm.training.trainer as trainer_module
+
+    seen = []
+    real = trainer_module.draw_timesteps
+
+    def spy(*args, **kwargs):
+        seen.append(args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "draw_timesteps", spy)
+    cfg = tiny_diffusion_config(tmp_path, max_steps=2, num_sample_images=0, tensorboard=False,
+                                timestep_sampling="stratified")
+    run = train_diffusion(cfg, tiny_model_config())
+    assert seen == ["stratified", "stratified"]
+    stored = json.loads((Path(str(run)) / "config.json").read_text())["diffusion_config"]
+    assert stored["timestep_sampling"] == "stratified"
+    with pytest.raises(ValueError, match="timestep_sampling='sobol'.*uniform.*stratified"):
+        DiffusionConfig(timestep_sampling="sobol")

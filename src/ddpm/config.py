@@ -27,6 +27,7 @@ SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde", "dpmpp-3m-sde", "eu
 # (schedule.py and losses.py implement them; docs/results.md says which trains fastest).
 PREDICTIONS = ("eps", "v", "x0")
 LOSS_WEIGHTINGS = ("uniform", "min-snr", "soft-min-snr")
+TIMESTEP_SAMPLINGS = ("uniform", "stratified")
 BETA_SCHEDULES = ("linear", "cosine")
 LR_DECAYS = ("none", "linear", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -169,6 +170,7 @@ class DiffusionConfig:
     prediction: str = _f("eps", "what the network predicts: \"eps\" (the noise, DDPM), \"v\" (sqrt(alphā) eps - sqrt(1 - alphā) x_0, Salimans & Ho 2022: well scaled at every t) or \"x0\" (the clean image)")
     loss_weighting: str = _f("uniform", "weight of each t in the loss: \"uniform\" (plain MSE of the prediction, DDPM's L_simple for eps), \"min-snr\" (Hang et al. 2023: the x_0 error weighted by min(SNR, gamma); converges faster) or \"soft-min-snr\" (SNR gamma / (SNR + gamma), a smooth min; k-diffusion)")
     snr_gamma: float = _f(5.0, "gamma of min-snr and soft-min-snr (Hang et al. 2023: 5)")
+    timestep_sampling: str = _f("uniform", "how a batch's timesteps are drawn: \"uniform\" (each t independently, DDPM) or \"stratified\" (one t from each of batch_size equal slices of [0, T), shuffled: each t is still uniform, but a batch covers the noise levels evenly, so the loss and its gradient vary less from step to step; Kingma et al. 2021's low-discrepancy sampler)")
     max_steps: int = _f(800_000, "optimiser steps to train for (paper: 800k on CIFAR10)")
     warmup_steps: int = _f(5000, "linear learning-rate warm-up (paper: 5000)")
     lr_decay: str = _f("none", "learning rate after the warm-up: \"none\" (constant, as the paper), \"linear\" or \"cosine\" (falls to 0 at max_steps: a short run ends on a settled model instead of wherever the last steps left it; changing max_steps on resume re-scales the fall from the current step, so a larger one makes the rate jump back up: 4000 -> 8000 resumes at about half the peak)")
@@ -236,6 +238,8 @@ class DiffusionConfig:
                  "predicting its noise says nothing about x_0 (x_0 = (x_T - eps) / 0). Use prediction='v' (or 'x0').")
         _require(self.loss_weighting in LOSS_WEIGHTINGS,
                  f"DiffusionConfig.loss_weighting={self.loss_weighting!r}; choose one of {LOSS_WEIGHTINGS}.")
+        _require(self.timestep_sampling in TIMESTEP_SAMPLINGS,
+                 f"DiffusionConfig.timestep_sampling={self.timestep_sampling!r}; choose one of {TIMESTEP_SAMPLINGS}.")
         _require(0.0 < self.snr_gamma <= 1e6, f"DiffusionConfig.snr_gamma={self.snr_gamma} must lie in (0, 1e6] (paper: 5).")
         _require(self.lr_decay in LR_DECAYS, f"DiffusionConfig.lr_decay={self.lr_decay!r}; choose one of {LR_DECAYS}.")
         _require(self.max_steps >= 1, f"DiffusionConfig.max_steps={self.max_steps} must be at least 1.")

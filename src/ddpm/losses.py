@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import LOSS_WEIGHTINGS, PREDICTIONS
+from .config import LOSS_WEIGHTINGS, PREDICTIONS, TIMESTEP_SAMPLINGS
 from .schedule import NoiseSchedule, _gather
 
 
@@ -40,6 +40,27 @@ def snr_weight(snr: torch.Tensor, prediction: str, weighting: str = "uniform", g
     w_x0 = snr.clamp(max=gamma) if weighting == "min-snr" else 1.0 / (1.0 / snr + 1.0 / gamma)
     # eps at SNR = 0 is refused by the config (zero terminal SNR); elsewhere c > 0.
     return w_x0 / c
+
+
+def draw_timesteps(batch: int, num_timesteps: int, sampling: str = "uniform", device: torch.device | str = "cpu",
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """(batch,) timesteps in [0, T), each uniformly distributed.
+
+    uniform:    independent draws (DDPM, Algorithm 1).
+    stratified: [0, T) cut into `batch` equal slices, one uniform draw in each (a continuous draw, floored),
+                in shuffled order (Kingma et al. 2021's low-discrepancy sampler). Each t is still
+                uniform on {0, ..., T - 1}, so the loss keeps its expectation, but every batch spans
+                the noise levels evenly instead of clustering by chance.
+    """
+    if sampling not in TIMESTEP_SAMPLINGS:
+        raise ValueError(f"timestep sampling={sampling!r}; choose one of {TIMESTEP_SAMPLINGS}.")
+    if sampling == "uniform":
+        return torch.randint(0, num_timesteps, (batch,), device=device, generator=generator)
+    # floor((k + u) T / B) for slot k and u ~ U[0, 1) equals (k T + r) // B with r = floor(u T) uniform on
+    # {0, ..., T - 1}: the same draw in integers, so no float rounding can push a t into the next slice.
+    slot = torch.randperm(batch, device=device, generator=generator)
+    r = torch.randint(0, num_timesteps, (batch,), device=device, generator=generator)
+    return (slot * num_timesteps + r) // batch
 
 
 def diffusion_loss(

@@ -33,7 +33,7 @@ from ..data import (
     load_dataset,
     to_float,
 )
-from ..losses import diffusion_loss
+from ..losses import diffusion_loss, draw_timesteps
 from ..runtime import autocast, require_torch, resolve_device, resolve_precision, use_channels_last
 from ..schedule import NoiseSchedule
 from ..unet import UNet
@@ -221,7 +221,7 @@ class Trainer:
         B, g = cfg.batch_size, self.generator
         if cfg.use_augmentation:
             x0 = apply_flip(x0, (torch.rand(B, device=self.device, generator=g) < 0.5)[mine])
-        t = torch.randint(0, self.schedule.num_timesteps, (B,), device=self.device, generator=g)[mine]
+        t = draw_timesteps(B, self.schedule.num_timesteps, cfg.timestep_sampling, self.device, g)[mine]
         noise = torch.randn((B, *x0.shape[1:]), device=self.device, dtype=x0.dtype, generator=g)[mine]
         if y is not None:  # classifier-free guidance training: some labels become "no class" (index num_classes)
             drop = (torch.rand(B, device=self.device, generator=g) < cfg.class_dropout)[mine]
