@@ -12,7 +12,10 @@ step by operator (torch.profiler), to say where the time goes.
 
 Variants: fp32 (baseline); channels_last; plain attention (two matmuls and a softmax, the path bf16
 takes on the CPU, instead of PyTorch's fused kernel); plain AdamW (the non-fused kernel, for the
-update alone); 1 thread; compile (with --compile).
+update alone); 1 thread; compile (with --compile); and, in NHWC as the demo trains since
+2026-12-03 (channels_last auto): convolutions without oneDNN (PyTorch's own im2col + GEMM kernels), and
+half the batch on 1 thread (what each rank of a 2-process torchrun on 2 cores would take, before the
+gradient all-reduce).
 """
 
 from __future__ import annotations
@@ -87,11 +90,16 @@ def main() -> None:
         "fp32 + channels_last": (trainer(tmp / "b", channels_last=True), None),
         "fp32 + plain attention": (trainer(tmp / "c", channels_last=False), "attention"),
         "fp32, 1 thread": (trainer(tmp / "d", channels_last=False), "threads"),
+        "fp32 + channels_last, convolutions without oneDNN": (trainer(tmp / "f", channels_last=True), "no-onednn"),
+        "fp32 + channels_last, half batch on 1 thread": (
+            trainer(tmp / "g", channels_last=True, batch_size=PRESETS["demo"][0]["batch_size"] // 2), "threads"),
     }
     if args.compile:
         variants["fp32 + compile"] = (trainer(tmp / "e", compile_model=True), None)
 
     def context(kind):
+        if kind == "no-onednn":
+            return torch.backends.mkldnn.flags(enabled=False)
         return plain_attention() if kind == "attention" else threads(1) if kind == "threads" else contextlib.nullcontext()
 
     warm = {}
@@ -129,12 +137,13 @@ def main() -> None:
         f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads). Demo preset "
         f"(16x16, batch {batch}), precision fp32, median of {args.steps} steps, variants alternating step by step.",
         "",
-        "| variant | step ms | images/s | vs fp32 | first 5 steps, s |",
+        "| variant | step ms | images/s | step vs fp32 | first 5 steps, s |",
         "|---|---|---|---|---|",
     ]
     for name, ts in times.items():
         med = statistics.median(ts)
-        lines.append(f"| {name} | {1000 * med:.1f} | {batch / med:.0f} | {base / med:.2f}x | {warm[name]:.1f} |")
+        images = variants[name][0].cfg.batch_size
+        lines.append(f"| {name} | {1000 * med:.1f} | {images / med:.0f} | {base / med:.2f}x | {warm[name]:.1f} |")
     lines += [
         "",
         f"AdamW update alone over the demo's {sum(p.numel() for p in params):,} parameters: fused {fused_ms:.2f} ms, "

@@ -102,6 +102,8 @@ RECIPES: dict[str, list[str]] = {
     # levels evenly, so the loss's gradient varies less from step to step.
     "narrow-1block-eps-minsnr20-decay-3k-strat": [*ONE_BLOCK, *MIN_SNR_20, *decay(3000), "--timestep-sampling",
                                                   "stratified"],
+    "narrow-1block-eps-minsnr20-decay-3500-strat": [*ONE_BLOCK, *MIN_SNR_20, *decay(3500), "--timestep-sampling",
+                                                    "stratified"],
     # 2x2 patches (--patch-size 2): the one-block model without its 16x16 level, at 8x8 and 4x4 with 32
     # channels each, attention at 8x8 and in the middle; 0.50x the FLOPs of a training step (0.30M parameters,
     # as many as the demo's 0.29M).
