@@ -3,7 +3,8 @@ with several sampling seeds, from its EMA weights and from its raw (online) weig
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/score_noise.py \\
         runs/ttq/narrow-1block-eps-minsnr20-decay-4k-s0/checkpoints/step_00004000.pt \\
-        runs/ttq/narrow-1block-eps-minsnr20-decay-3k-s0/checkpoints/step_00003000.pt --out docs/score_noise.md
+        runs/ttq/narrow-1block-eps-minsnr20-decay-3k-s0/checkpoints/step_00003000.pt \\
+        runs/ttq/narrow-1block-eps-minsnr20-decay-3k-s1/checkpoints/step_00003000.pt --out docs/score_noise.md
 
 Each row draws --samples images with the default sampler (as benchmarks/rescore_checkpoints.py, whose
 seed 7 is the first here) and scores them with ddpm eval's digits metrics. Raw weights are scored at the
@@ -15,12 +16,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rescore_checkpoints import score  # benchmarks/ is the script's folder, so on sys.path
+
 from ddpm.checkpoint import load_checkpoint, model_from_state
 from ddpm.generation import sample_images
-from ddpm.metrics import digits_score, train_digits_classifier
+from ddpm.metrics import train_digits_classifier
 from ddpm.schedule import NoiseSchedule
-
-COLUMNS = ("fd_digits", "precision", "recall")
 
 
 def main() -> None:
@@ -41,8 +42,7 @@ def main() -> None:
             model, diff_config, _, _ = model_from_state({**state, "ema": state["ema" if weights == "EMA" else "model"]}, path)
             schedule = NoiseSchedule.from_config(diff_config)
             for seed in row_seeds:
-                s = digits_score(sample_images(model, schedule, args.samples, seed=seed, batch_size=250), clf, acc)
-                r = {k: float(getattr(s, k)) for k in COLUMNS}
+                r = score(sample_images(model, schedule, args.samples, seed=seed, batch_size=250), clf, acc)
                 lines.append(f"| {name} | {weights} | {seed} | {r['fd_digits']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} |")
                 print(lines[-1], flush=True)
     if args.out:

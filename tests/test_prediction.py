@@ -16,7 +16,7 @@ import ddpm
 from ddpm import DiffusionConfig, train_diffusion
 from ddpm.config import PREDICTIONS
 from ddpm.generation import load_model, sample_images
-from ddpm.losses import diffusion_loss, draw_timesteps, snr_weight
+from ddpm.losses import diffusion_loss, draw_timesteps, slice_timestep, snr_weight
 from ddpm.samplers import SAMPLERS, run_sampler, timestep_list
 from ddpm.samplers.sigmas import SigmaTable
 from ddpm.schedule import NoiseSchedule, cosine_betas, rescale_zero_terminal_snr
@@ -228,6 +228,18 @@ def test_uniform_timesteps_are_the_random_stream_they_always_were():
     # Runs made before stratified sampling existed resume onto the same random draws.
     a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     assert torch.equal(draw_timesteps(64, 200, "uniform", generator=a), torch.randint(0, 200, (64,), generator=b))
+
+
+@pytest.mark.parametrize("batch,T", [(64, 200), (7, 1000), (200, 200), (8, 3), (3, 8)])
+def test_each_slice_maps_onto_its_own_timesteps_and_all_of_them_equally_often(batch, T):
+    # Exhaustively, over every slot k and every r: slot k gives only timesteps inside its slice
+    # [k T / B, (k + 1) T / B), floored, and each of the T timesteps comes from exactly B (k, r) pairs,
+    # so a uniform slot and a uniform r give an exactly uniform t (a float version would not).
+    k, r = torch.arange(batch)[:, None], torch.arange(T)[None, :]
+    t = slice_timestep(k, r, T, batch)
+    slices = torch.arange(batch, dtype=torch.float64)[:, None]
+    assert ((t >= torch.floor(slices * T / batch)) & (t <= torch.ceil((slices + 1) * T / batch) - 1)).all()
+    assert torch.equal(torch.bincount(t.flatten(), minlength=T), torch.full((T,), batch))
 
 
 @pytest.mark.parametrize("batch,T", [(64, 200), (7, 1000), (200, 200), (8, 3)])

@@ -47,19 +47,29 @@ def draw_timesteps(batch: int, num_timesteps: int, sampling: str = "uniform", de
     """(batch,) timesteps in [0, T), each uniformly distributed.
 
     uniform:    independent draws (DDPM, Algorithm 1).
-    stratified: [0, T) cut into `batch` equal slices, one uniform draw in each (a continuous draw, floored),
-                in shuffled order (Kingma et al. 2021's low-discrepancy sampler). Each t is still
-                uniform on {0, ..., T - 1}, so the loss keeps its expectation, but every batch spans
-                the noise levels evenly instead of clustering by chance.
+    stratified: [0, T) cut into `batch` equal slices, one independent draw in each, in shuffled
+                order (a variant of Kingma et al. 2021's low-discrepancy sampler, which shares one
+                offset across the slices). Each t is still uniform on {0, ..., T - 1}, so the loss
+                keeps its expectation, but every batch spans the noise levels evenly instead of
+                clustering by chance.
     """
     if sampling not in TIMESTEP_SAMPLINGS:
         raise ValueError(f"timestep sampling={sampling!r}; choose one of {TIMESTEP_SAMPLINGS}.")
     if sampling == "uniform":
         return torch.randint(0, num_timesteps, (batch,), device=device, generator=generator)
-    # floor((k + u) T / B) for slot k and u ~ U[0, 1) equals (k T + r) // B with r = floor(u T) uniform on
-    # {0, ..., T - 1}: the same draw in integers, so no float rounding can push a t into the next slice.
     slot = torch.randperm(batch, device=device, generator=generator)
-    r = torch.randint(0, num_timesteps, (batch,), device=device, generator=generator)
+    return slice_timestep(slot, torch.randint(0, num_timesteps, (batch,), device=device, generator=generator),
+                          num_timesteps, batch)
+
+
+def slice_timestep(slot: torch.Tensor, r: torch.Tensor, num_timesteps: int, batch: int) -> torch.Tensor:
+    """The timestep (slot T + r) // B of slice `slot` (0..B-1) for r in {0, ..., T - 1}.
+
+    That is floor((slot + u) T / B) for u ~ U[0, 1) with r = floor(u T), the continuous draw in the
+    slice floored, computed in integers so that no float rounding can push a t into the next slice.
+    Over all (slot, r) pairs each t in {0, ..., T - 1} comes up exactly B times: uniform r and a
+    uniform slot give an exactly uniform t.
+    """
     return (slot * num_timesteps + r) // batch
 
 
@@ -88,7 +98,7 @@ def diffusion_loss(
         (loss, per_image_loss (B,), t (B,)): loss is the batch mean, in float32.
     """
     if t is None:
-        t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
+        t = draw_timesteps(x0.shape[0], schedule.num_timesteps, "uniform", x0.device, generator)
     if noise is None:
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
     x_t = schedule.q_sample(x0, t, noise)
