@@ -11,7 +11,10 @@ $(BIN)/activate:
 
 # --no-compile: pip would byte-compile every module of every package (torch's thousands) up front, about
 # half the install (115 s -> 50 s on a 2-core Xeon); Python compiles the few hundred a run imports on first
-# use instead (~8 s, once).
+# use instead (~8 s, once). "Once" needs Python to keep what it compiled in .venv's __pycache__ folders,
+# as pip would have: where PYTHONDONTWRITEBYTECODE is set, every process would compile torch again (~8 s
+# each; the test suite starts dozens), so the commands below run without it.
+unexport PYTHONDONTWRITEBYTECODE
 PIP_INSTALL := $(BIN)/pip install -q --disable-pip-version-check --no-compile -c constraints.txt
 
 $(VENV)/.installed: $(BIN)/activate pyproject.toml constraints.txt

@@ -253,7 +253,7 @@ def test_stratified_timesteps_take_one_t_per_slice_and_each_t_stays_uniform(batc
     ordered = draws.sort(dim=1).values
     assert ((ordered >= lo) & (ordered <= hi)).all()
     # Each position on its own is uniform on {0..T-1} (the slots are shuffled): a chi-square test of the
-    # first position's counts against 1 / T, and the mean of all against (T - 1) / 2.
+    # first position's counts against 1 / T, and its mean against (T - 1) / 2.
     first = torch.bincount(draws[:, 0], minlength=T).double()
     expected = len(draws) / T
     chi2 = ((first - expected) ** 2 / expected).sum().item()
