@@ -93,9 +93,11 @@ RECIPES: dict[str, list[str]] = {
     # same at 3,000 steps.
     "narrow-1block-eps-minsnr20-decay-3k": [*ONE_BLOCK, *MIN_SNR_20, *decay(3000)],
     # Between the two (fifth session of 2026-12-03): 3,000 steps end at precision 0.819 / 0.820; their raw
-    # (non-EMA) weights score 0.827 / 0.829: the EMA lags a short run. With its warm-up the decay at step s is
-    # min(0.999, (1 + s) / (10 + s)), 0.997 at 3,000 (a ~230-step half-life). 3,500 steps, and 3,000 with the
-    # decay capped at 0.995 from step ~1,800 on (a ~140-step half-life).
+    # (non-EMA) weights score 0.827 / 0.829, which looked like EMA lag (it was not: the raw weights score higher
+    # at 4,000 steps too). With its warm-up the decay at step s is min(0.999, (1 + s) / (10 + s)), 0.997 at
+    # 3,000 (a ~230-step half-life). 3,500 steps, and 3,000 with the decay capped at 0.995 from step ~1,800 on
+    # (a ~140-step half-life). None of these, nor stratified t below, reached the 2020 demo's precision
+    # (docs/time_to_quality.md, fifth session).
     "narrow-1block-eps-minsnr20-decay-3500": [*ONE_BLOCK, *MIN_SNR_20, *decay(3500)],
     "narrow-1block-eps-minsnr20-decay-3k-ema995": [*ONE_BLOCK, *MIN_SNR_20, *decay(3000), "--ema-decay", "0.995"],
     # And 3,000 steps with stratified timesteps (--timestep-sampling stratified): each batch spans the noise
