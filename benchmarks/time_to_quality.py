@@ -106,6 +106,11 @@ RECIPES: dict[str, list[str]] = {
                                                   "stratified"],
     "narrow-1block-eps-minsnr20-decay-3500-strat": [*ONE_BLOCK, *MIN_SNR_20, *decay(3500), "--timestep-sampling",
                                                     "stratified"],
+    # Adam's beta2 at 0.99 (first session of 2026-12-04): the gradient norm falls ~30x over the demo (1.0 at step
+    # 100, 0.04 at 4,000), and at beta2 0.999 the squared-gradient average remembers the large early gradients for
+    # ~1,000 steps, holding the step size down through much of a short run; 0.99 forgets them in ~100.
+    "narrow-1block-eps-minsnr20-decay-3k-b2-99": [*ONE_BLOCK, *MIN_SNR_20, *decay(3000), "--adam-beta2", "0.99"],
+    "narrow-1block-eps-minsnr20-decay-4k-b2-99": [*ONE_BLOCK, *MIN_SNR_20, *decay(4000), "--adam-beta2", "0.99"],
     # 2x2 patches (--patch-size 2): the one-block model without its 16x16 level, at 8x8 and 4x4 with 32
     # channels each, attention at 8x8 and in the middle; 0.50x the FLOPs of a training step (0.30M parameters,
     # as many as the demo's 0.29M).

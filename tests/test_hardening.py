@@ -175,6 +175,8 @@ DIFFUSION_RANGES = {
     "ema_decay": _floats(0.0, 1.0),
     "grad_clip": _floats(0.0),
     "weight_decay": _floats(0.0),
+    "adam_beta1": _floats(0.0, 1.0),
+    "adam_beta2": _floats(0.0, 1.0),
     "snr_gamma": _floats(0.0, 1e6, low_open=True, high_open=False),
     "class_dropout": _floats(0.0, 1.0),
     "guidance_scale": _floats(0.0, 1000.0),

@@ -16,7 +16,7 @@ from test_cli import ddpm
 
 from ddpm import train_diffusion
 from ddpm.checkpoint import load_checkpoint, model_from_checkpoint
-from ddpm.config import ConfigError
+from ddpm.config import ConfigError, DiffusionConfig
 from ddpm.run_dir import RunDir
 from ddpm.training import Trainer, dry_run
 from ddpm.unet import UNet
@@ -201,15 +201,16 @@ def test_sigkill_mid_run_then_resume(tmp_path):
     assert steps == list(range(1, target + 1))  # rows the killed run logged past its checkpoint were dropped
 
 
-def test_fused_adamw_takes_the_reference_adamw_step():
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.8, 0.99)])
+def test_fused_adamw_takes_the_reference_adamw_step(betas):
     # Our optimizer uses PyTorch's fused kernel; the reference is its plain single-tensor loop.
     from ddpm.training.trainer import adamw
 
     torch.manual_seed(0)
     a, b = UNet(tiny_model_config()), UNet(tiny_model_config())
     b.load_state_dict(a.state_dict())
-    fused = adamw(a.parameters(), 1e-3, 0.01, torch.device("cpu"))
-    plain = torch.optim.AdamW(b.parameters(), lr=1e-3, weight_decay=0.01, foreach=False)
+    fused = adamw(a.parameters(), 1e-3, 0.01, torch.device("cpu"), betas)
+    plain = torch.optim.AdamW(b.parameters(), lr=1e-3, betas=betas, weight_decay=0.01, foreach=False)
     assert fused.defaults["fused"] is True
     for _ in range(5):
         for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
@@ -219,6 +220,21 @@ def test_fused_adamw_takes_the_reference_adamw_step():
         plain.step()
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5)
+
+
+def test_adam_betas_reach_the_optimizer_and_bind_a_resumed_run(tmp_path):
+    # The optimizer steps with the configured betas (they live in its param groups, which a resume
+    # restores from the checkpoint), so a resume may not change them: it would silently keep the old ones.
+    run = train_diffusion(_cfg(tmp_path, max_steps=2, adam_beta1=0.8, adam_beta2=0.99), tiny_model_config())
+    state = load_checkpoint(run / "checkpoints" / "step_00000002.pt")
+    assert [tuple(g["betas"]) for g in state["optimizer"]["param_groups"]] == [(0.8, 0.99)] * len(
+        state["optimizer"]["param_groups"])
+    stored = json.loads((run / "config.json").read_text())["diffusion_config"]
+    assert (stored["adam_beta1"], stored["adam_beta2"]) == (0.8, 0.99)
+    with pytest.raises(ConfigError, match="adam_beta2: 0.99 -> 0.999"):
+        train_diffusion(_cfg(tmp_path, max_steps=4, resume=True, adam_beta1=0.8), tiny_model_config())
+    with pytest.raises(ConfigError, match=r"adam_beta2=1\.0 must lie in \[0, 1\)"):
+        DiffusionConfig(adam_beta2=1.0)
 
 
 def test_resume_from_a_checkpoint_of_the_unfused_optimizer(tmp_path):

@@ -59,12 +59,13 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float, apply: torch.Tens
     torch._foreach_lerp_(ema_params, model_params, weight)
 
 
-def adamw(params, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+def adamw(params, lr: float, weight_decay: float, device: torch.device,
+          betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
     """AdamW with PyTorch's fused kernel where it exists (CPU, CUDA): one pass over each tensor
     instead of ~10 (docs/bench_optimizer_cpu.md: benchmarks/bench_levers.py --optimizer). The same
     update, to float rounding."""
     fused = True if device.type in ("cpu", "cuda") else None  # None: PyTorch's default kernel elsewhere
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused)
 
 
 def lr_factor(step: int, warmup_steps: int, max_steps: int, decay: str) -> float:
@@ -138,7 +139,8 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = copy.deepcopy(self.model).float().eval().requires_grad_(False)
         self._params = list(self.model.parameters())
-        self.optimizer = adamw(self._params, cfg.learning_rate, cfg.weight_decay, self.device)
+        self.optimizer = adamw(self._params, cfg.learning_rate, cfg.weight_decay, self.device,
+                               (cfg.adam_beta1, cfg.adam_beta2))
         # The fused kernel takes the clip factor and the skip flag as device tensors (_update).
         self._device_side_update = bool(self.optimizer.defaults.get("fused")) and not self.scaler.is_enabled()
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
