@@ -1,7 +1,7 @@
 """The README is executable: every `ddpm ...` and `python ...` command in its code blocks runs here,
 as a newcomer would run it, each block in a fresh folder with an empty HOME. The blocks share one
-cache that starts empty, as on a newcomer's machine: the digits classifier is trained by the first
-command that needs it, once (with a cache per block it was trained three times, ~20 s each).
+cache that starts empty, as on a newcomer's machine (the digits classifier ships with the package
+since 2026-12-04, so no command trains it).
 
 Documented overrides keep it fast (README, "Testing the README"):
 - `ddpm train` gets `--max-steps 3 --num-sample-images 4 --eval-samples 16` appended (the last flag wins);
