@@ -60,7 +60,8 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                        help="precision of the variants that do not set their own")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant (after 5 warm-up steps)")
     parser.add_argument("--variants", help=f"comma-separated, first = the baseline (default: all of {', '.join(VARIANTS)})")
     args = parser.parse_args()

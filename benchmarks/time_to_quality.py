@@ -106,7 +106,8 @@ RECIPES: dict[str, list[str]] = {
                                                   "stratified"],
     "narrow-1block-eps-minsnr20-decay-3500-strat": [*ONE_BLOCK, *MIN_SNR_20, *decay(3500), "--timestep-sampling",
                                                     "stratified"],
-    # Adam's beta2 at 0.99 (first session of 2026-12-04): the gradient norm falls ~30x over the demo (1.0 at step
+    # Adam's beta2 at 0.99 (first session of 2026-12-04; the 3k one ran: no gain, the 4k one is defined, not run):
+    # the gradient norm falls ~25x over the demo (1.0 at step
     # 100, 0.04 at 4,000), and at beta2 0.999 the squared-gradient average remembers the large early gradients for
     # ~1,000 steps, holding the step size down through much of a short run; 0.99 forgets them in ~100.
     "narrow-1block-eps-minsnr20-decay-3k-b2-99": [*ONE_BLOCK, *MIN_SNR_20, *decay(3000), "--adam-beta2", "0.99"],

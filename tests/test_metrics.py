@@ -73,6 +73,25 @@ def test_digits_classifier_is_accurate_and_every_eval_uses_the_shipped_one(class
     r = ddpm("eval", str(tmp_path / "s.npz"), env={"DDPM_CACHE": str(cache)})
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["digits"]["classifier_accuracy"] == accuracy
+    as_read = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1
+    assert json.loads(r.stdout)["digits"]["fd_digits"] == pytest.approx(
+        digits_score(as_read, model, accuracy).fd_digits, rel=1e-4)
+    assert sorted(p.name for p in cache.iterdir()) == ["digits_classifier_s0_e30.pt"]  # nothing trained or written
+
+
+def test_other_classifier_settings_train_once_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path))
+    train_digits_classifier(retrain=True)  # the shipped setting retrained: nothing cached
+    assert list(tmp_path.iterdir()) == []
+    first, _ = train_digits_classifier(seed=1, epochs=1)
+    cached = tmp_path / "digits_classifier_s1_e1.pt"
+    planted = DigitsClassifier().state_dict()
+    torch.save(planted, cached)
+    again, _ = train_digits_classifier(seed=1, epochs=1)  # loaded from the cache, not trained
+    assert all(torch.equal(v, planted[k]) for k, v in again.state_dict().items())
+    fresh, _ = train_digits_classifier(seed=1, epochs=1, retrain=True)  # trained, and the cache rewritten
+    assert all(torch.equal(v, first.state_dict()[k]) for k, v in fresh.state_dict().items())
+    assert all(torch.equal(v, first.state_dict()[k]) for k, v in torch.load(cached, weights_only=True).items())
 
 
 def test_a_classifier_retrained_here_scores_real_digits_like_the_shipped_one(classifier):

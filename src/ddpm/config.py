@@ -176,8 +176,8 @@ class DiffusionConfig:
     lr_decay: str = _f("none", "learning rate after the warm-up: \"none\" (constant, as the paper), \"linear\" or \"cosine\" (falls to 0 at max_steps: a short run ends on a settled model instead of wherever the last steps left it; changing max_steps on resume re-scales the fall from the current step, so a larger one makes the rate jump back up: 4000 -> 8000 resumes at about half the peak)")
     grad_clip: float = _f(1.0, "max global gradient norm; 0 = no clipping (paper: 1.0)")
     weight_decay: float = _f(0.0, "AdamW decoupled weight decay (paper: none)")
-    adam_beta1: float = _f(0.9, "Adam's beta1, the decay of its gradient average (paper: 0.9)")
-    adam_beta2: float = _f(0.999, "Adam's beta2, the decay of its squared-gradient average (paper: 0.999, a ~1000-step memory; 0.99 forgets the large gradients of a run's first steps ~10x sooner, so a short run's step size is not held down by them: lucidrains' default)")
+    adam_beta1: float = _f(0.9, "Adam's beta1, the decay of its gradient average (the paper's code: 0.9)")
+    adam_beta2: float = _f(0.999, "Adam's beta2, the decay of its squared-gradient average (the paper's code: 0.999, a ~1000-step memory; 0.99, lucidrains' default, forgets the large gradients of a run's first steps ~10x sooner; on the demo it measured no gain, docs/time_to_quality.md)")
     ema_decay: float = _f(0.9999, "EMA of the weights used for sampling (paper: 0.9999)")
     ema_warmup: bool = _f(True, "EMA warm-up: the decay used at step s is min(ema_decay, (1 + s) / (10 + s)), so short runs are not dominated by the random initialisation.")
     precision: str = _f("auto", "\"auto\" = bf16 autocast where the device does bf16 natively, else fp32; \"fp32\"; \"bf16\"; \"fp16\" (autocast with a gradient scaler, for GPUs without bf16).")
@@ -262,7 +262,7 @@ class DiffusionConfig:
         _require(0 <= self.weight_decay < math.inf, f"DiffusionConfig.weight_decay={self.weight_decay} must be finite and >= 0.")
         for name in ("adam_beta1", "adam_beta2"):
             beta = getattr(self, name)
-            _require(0.0 <= beta < 1.0, f"DiffusionConfig.{name}={beta} must lie in [0, 1) (paper: 0.9 and 0.999).")
+            _require(0.0 <= beta < 1.0, f"DiffusionConfig.{name}={beta} must lie in [0, 1) (the paper's code: 0.9 and 0.999).")
         _require(0.0 <= self.ema_decay < 1.0, f"DiffusionConfig.ema_decay={self.ema_decay} must lie in [0, 1) (paper: 0.9999).")
         _require(self.precision in PRECISIONS, f"DiffusionConfig.precision={self.precision!r}; choose one of {PRECISIONS}.")
         _require(self.compile_mode in COMPILE_MODES,

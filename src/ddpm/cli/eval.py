@@ -16,8 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `ddpm eval`."""
     p = sub.add_parser("eval", help="sample-quality metrics of a samples file against a dataset",
                        description="Score samples (.npz with arr_0, or a folder of PNGs). For --dataset digits and 16x16 "
-                       "grayscale samples (as the demo draws; others are not scored as digits): FD-digits (Fréchet distance of the features of a project-trained digits classifier, shipped with the package so that every machine scores alike, against a fixed "
-                       "half of the 1,797 digits), the classifier's confidence and class coverage, and, when the .npz has "
+                       "grayscale samples (as the demo draws; others are not scored as digits): FD-digits (Fréchet distance, against a fixed half of the 1,797 digits, of the features of a "
+                       "digits classifier that ships with the package, so that every machine scores alike), the classifier's confidence and class coverage, and, when the .npz has "
                        "arr_1 (class-conditional samples), how often each sample is the digit asked for. For any dataset: FID and KID "
                        "with Inception-v3 when torch-fidelity is installed (it fetches its weights on first use; offline, "
                        "a message says where to put them), against --dataset's images or against statistics made once "
