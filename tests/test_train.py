@@ -278,6 +278,11 @@ def test_channels_last_auto_trains_like_nchw_and_resumes_across_layouts(tmp_path
     assert not use_channels_last(None, cpu, None, 64)
     assert not use_channels_last(None, torch.device("cuda"), None, 16)
     assert use_channels_last(True, cpu, torch.bfloat16, 128) and not use_channels_last(False, cpu, None, 16)
+    # The size that counts is where the convolutions run: 64x64 images in 2x2 patches are a 32x32 U-Net.
+    patched = tiny_model_config(lowest_resolution_size=16, patch_size=2)
+    assert patched.image_size == 64
+    assert Trainer(tiny_diffusion_config(tmp_path / "patched", max_steps=1, num_sample_images=0, tensorboard=False,
+                                         device="cpu"), patched).channels_last
 
     def losses(run) -> list[float]:
         return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]

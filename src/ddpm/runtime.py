@@ -63,8 +63,10 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     raise UsageError(f"precision={precision!r}; choose 'auto', 'fp32' or 'bf16'.")
 
 
-def use_channels_last(setting: bool | None, device: torch.device, dtype: torch.dtype | None, image_size: int) -> bool:
-    """Whether to train in NHWC: the setting where given, else on for fp32 on a CPU at image_size <= 32.
+def use_channels_last(setting: bool | None, device: torch.device, dtype: torch.dtype | None, resolution: int) -> bool:
+    """Whether to train in NHWC: the setting where given, else on for fp32 on a CPU at resolution <= 32.
+
+    resolution is the side the U-Net's convolutions start at: the image size over the patch size.
 
     Measured side by side (benchmarks/bench_demo_shapes.py, docs/time_to_quality.md): the demo's fp32
     step on AVX2 is 7-13% faster in NHWC, its bf16 step 6-8% slower, and the wide model's fp32 step
@@ -72,7 +74,7 @@ def use_channels_last(setting: bool | None, device: torch.device, dtype: torch.d
     """
     if setting is not None:
         return setting
-    return device.type == "cpu" and dtype is None and image_size <= 32
+    return device.type == "cpu" and dtype is None and resolution <= 32
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

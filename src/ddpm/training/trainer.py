@@ -134,7 +134,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the same initial weights on every process
         self.model = UNet(mcfg).to(self.device)
         self.model.gradient_checkpointing = cfg.activation_checkpointing
-        self.channels_last = use_channels_last(cfg.channels_last, self.device, self.amp_dtype, mcfg.image_size)
+        self.channels_last = use_channels_last(cfg.channels_last, self.device, self.amp_dtype,
+                                              mcfg.image_size // mcfg.patch_size)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = copy.deepcopy(self.model).float().eval().requires_grad_(False)
