@@ -55,6 +55,11 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "demo model in fp32 NCHW": (ONE_BLOCK, dict(precision="fp32", channels_last=False)),
     "demo model in bf16 (NCHW as auto)": (ONE_BLOCK, dict(precision="bf16")),
     "demo model in bf16 NHWC": (ONE_BLOCK, dict(precision="bf16", channels_last=True)),
+    # The demo model at other batch sizes, fp32 as the AVX2 target: whether images/s grows with the batch
+    # (a per-step cost spread over more images), which would make fewer, larger steps cheaper in wall-clock.
+    "demo model in fp32 batch 32": (ONE_BLOCK, dict(precision="fp32", batch_size=32)),
+    "demo model in fp32 batch 128": (ONE_BLOCK, dict(precision="fp32", batch_size=128)),
+    "demo model in fp32 batch 256": (ONE_BLOCK, dict(precision="fp32", batch_size=256)),
 }
 
 

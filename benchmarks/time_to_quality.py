@@ -118,6 +118,16 @@ RECIPES: dict[str, list[str]] = {
     "patch2-decay-5k": [*PATCH2, *decay(5000)],
     # Half the images per step (same 4,000 steps): a step ~1.9x cheaper on fp32 AVX2 at the same images/s.
     "batch32": ["--batch-size", "32"],
+    # Twice the batch for half the steps (second session of 2026-12-04): the same 256,000 images as the demo, in
+    # 2,000 steps. A diffusion loss's gradient is noisy (each image draws its own t and noise), so a larger batch
+    # should buy nearly a step's worth of progress per step, and the demo's step does ~1.1x more images/s at 128
+    # (bench_demo_shapes.py, fp32 as AVX2). Peak lr scaled linearly (2e-3) and by the square root (1.4e-3); the
+    # warm-up and the EMA's half-life kept in images (100 steps, decay 0.998).
+    "narrow-1block-eps-minsnr20-b128-2k": [*ONE_BLOCK, *MIN_SNR_20, *decay(2000), "--batch-size", "128",
+                                           "--learning-rate", "2e-3", "--warmup-steps", "100", "--ema-decay", "0.998"],
+    "narrow-1block-eps-minsnr20-b128-2k-lr14": [*ONE_BLOCK, *MIN_SNR_20, *decay(2000), "--batch-size", "128",
+                                                "--learning-rate", "1.4e-3", "--warmup-steps", "100",
+                                                "--ema-decay", "0.998"],
 }
 
 
