@@ -118,11 +118,24 @@ RECIPES: dict[str, list[str]] = {
     "patch2-decay-5k": [*PATCH2, *decay(5000)],
     # Half the images per step (same 4,000 steps): a step ~1.9x cheaper on fp32 AVX2 at the same images/s.
     "batch32": ["--batch-size", "32"],
+    # Never run before the second session of 2026-12-04: the cosine schedule on the demo's recipe, and min-SNR at
+    # gamma 10 (between 5, which bought precision with recall, and the demo's 20) at 3,000 steps. Results: cosine
+    # reaches the precision sooner but scores worse FD-digits; gamma 10 no better than 20 (docs/time_to_quality.md).
+    "narrow-1block-eps-minsnr20-cosine-decay-4k": [*ONE_BLOCK, *MIN_SNR_20, *decay(4000), "--beta-schedule", "cosine"],
+    # The cosine run scored precision 0.828 at its step 3,000 (the demo: 0.798): the same at 3,000 steps.
+    "narrow-1block-eps-minsnr20-cosine-decay-3k": [*ONE_BLOCK, *MIN_SNR_20, *decay(3000), "--beta-schedule", "cosine"],
+    # And with uniform weighting (Nichol & Dhariwal's setting): whether min-SNR is what costs the cosine runs FD-digits.
+    "narrow-1block-eps-cosine-decay-3k": [*ONE_BLOCK, *decay(3000), "--beta-schedule", "cosine"],
+    # A doubled peak learning rate on the demo's recipe at 3,000 steps (2e-3 trained as well as 1.4e-3 at batch 128).
+    "narrow-1block-eps-minsnr20-decay-3k-lr2x": [*ONE_BLOCK, *MIN_SNR_20, *decay(3000), "--learning-rate", "2e-3"],
+    "narrow-1block-eps-minsnr10-decay-3k": [*ONE_BLOCK, "--loss-weighting", "min-snr", "--snr-gamma", "10",
+                                            *decay(3000)],
     # Twice the batch for half the steps (second session of 2026-12-04): the same 256,000 images as the demo, in
     # 2,000 steps. A diffusion loss's gradient is noisy (each image draws its own t and noise), so a larger batch
     # should buy nearly a step's worth of progress per step, and the demo's step does ~1.1x more images/s at 128
     # (bench_demo_shapes.py, fp32 as AVX2). Peak lr scaled linearly (2e-3) and by the square root (1.4e-3); the
-    # warm-up and the EMA's half-life kept in images (100 steps, decay 0.998).
+    # warm-up and the EMA's half-life kept in images (100 steps, decay 0.998). Result: precision as the demo's,
+    # recall 0.007 lower on average over six runs (docs/time_to_quality.md); not taken.
     "narrow-1block-eps-minsnr20-b128-2k": [*ONE_BLOCK, *MIN_SNR_20, *decay(2000), "--batch-size", "128",
                                            "--learning-rate", "2e-3", "--warmup-steps", "100", "--ema-decay", "0.998"],
     "narrow-1block-eps-minsnr20-b128-2k-lr14": [*ONE_BLOCK, *MIN_SNR_20, *decay(2000), "--batch-size", "128",
