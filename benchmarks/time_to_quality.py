@@ -127,6 +127,7 @@ RECIPES: dict[str, list[str]] = {
     # And with uniform weighting (Nichol & Dhariwal's setting): whether min-SNR is what costs the cosine runs FD-digits.
     "narrow-1block-eps-cosine-decay-3k": [*ONE_BLOCK, *decay(3000), "--beta-schedule", "cosine"],
     # A doubled peak learning rate on the demo's recipe at 3,000 steps (2e-3 trained as well as 1.4e-3 at batch 128).
+    # Result: precision 0.811 / 0.819, no better than 1e-3 (docs/time_to_quality.md).
     "narrow-1block-eps-minsnr20-decay-3k-lr2x": [*ONE_BLOCK, *MIN_SNR_20, *decay(3000), "--learning-rate", "2e-3"],
     "narrow-1block-eps-minsnr10-decay-3k": [*ONE_BLOCK, "--loss-weighting", "min-snr", "--snr-gamma", "10",
                                             *decay(3000)],
@@ -134,7 +135,9 @@ RECIPES: dict[str, list[str]] = {
     # 2,000 steps. A diffusion loss's gradient is noisy (each image draws its own t and noise), so a larger batch
     # should buy nearly a step's worth of progress per step, and the demo's step does ~1.1x more images/s at 128
     # (bench_demo_shapes.py, fp32 as AVX2). Peak lr scaled linearly (2e-3) and by the square root (1.4e-3); the
-    # warm-up and the EMA's half-life kept in images (100 steps, decay 0.998). Result: precision as the demo's,
+    # warm-up kept in images (100 steps). The EMA's warm-up, min(decay, (1 + s) / (10 + s)), keeps its half-life in
+    # images by itself (0.9955 at step 2,000: 154 steps of 128, as 0.99775 at 4,000 is 308 of 64), so the
+    # --ema-decay 0.998 given here never binds. Result: precision as the demo's,
     # recall 0.007 lower on average over six runs (docs/time_to_quality.md); not taken.
     "narrow-1block-eps-minsnr20-b128-2k": [*ONE_BLOCK, *MIN_SNR_20, *decay(2000), "--batch-size", "128",
                                            "--learning-rate", "2e-3", "--warmup-steps", "100", "--ema-decay", "0.998"],

@@ -281,8 +281,11 @@ def test_channels_last_auto_trains_like_nchw_and_resumes_across_layouts(tmp_path
     # The size that counts is where the convolutions run: 64x64 images in 2x2 patches are a 32x32 U-Net.
     patched = tiny_model_config(lowest_resolution_size=16, patch_size=2)
     assert patched.image_size == 64
-    assert Trainer(tiny_diffusion_config(tmp_path / "patched", max_steps=1, num_sample_images=0, tensorboard=False,
-                                         device="cpu"), patched).channels_last
+    probe = dict(max_steps=1, num_sample_images=0, tensorboard=False, device="cpu")
+    assert Trainer(tiny_diffusion_config(tmp_path / "patched", **probe), patched).channels_last
+    # ... and 128x128 images in 2x2 patches a 64x64 one, over the line.
+    big = tiny_model_config(lowest_resolution_size=32, patch_size=2)
+    assert big.image_size == 128 and not Trainer(tiny_diffusion_config(tmp_path / "big", **probe), big).channels_last
 
     def losses(run) -> list[float]:
         return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]

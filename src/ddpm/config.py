@@ -185,7 +185,7 @@ class DiffusionConfig:
     activation_checkpointing: bool = _f(False, "recompute ResNet blocks in backward: less memory, ~30% more time")
     compile_model: bool = _f(False, "torch.compile the U-Net (~80 s to compile the seed model on an H200; slower on CPUs)")
     compile_mode: str = _f("default", "torch.compile mode: \"default\" (fused kernels), \"reduce-overhead\" (also CUDA graphs: for small models whose GPU steps are bound by kernel launches) or \"max-autotune\".")
-    channels_last: bool | None = _f(None, "NHWC memory layout. None = auto: on for fp32 training on a CPU at image_size <= 32, where it measured 7-13% faster (the demo, AVX2); off elsewhere, since bf16 and large images are slower in NHWC (GroupNorm lacks a fast NHWC path). --channels-last / --no-channels-last force it.")
+    channels_last: bool | None = _f(None, "NHWC memory layout. None = auto: on for fp32 training on a CPU when the U-Net runs at 32x32 or less (image_size / patch_size <= 32), where it measured 7-13% faster (the demo, AVX2); off elsewhere, since bf16 and large images are slower in NHWC (GroupNorm lacks a fast NHWC path). --channels-last / --no-channels-last force it.")
     device: str = _f("auto", "\"auto\" = CUDA if available, else CPU; or any torch device string")
     seed: int = _f(0, "seeds data order, timesteps, noise and the initialisation")
     out_dir: str | None = _f(None, "run folder; None = runs/<dataset>-<date>-<time>")
