@@ -32,8 +32,8 @@ from pathlib import Path
 # level, constant learning rate, uniform weighting, 4,000 steps), spelled out so that every recipe stays what
 # it was whatever the preset becomes. channels_last is left to its auto setting: it changes the speed of fp32 runs, not what
 # they learn (tests/test_train.py).
-TODAY = ["--base-dim", "32", "--norm-groups", "8", "--num-res-blocks", "2", "--lr-decay", "none", "--max-steps", "4000",
-         "--loss-weighting", "uniform", "--snr-gamma", "5"]
+TODAY = ["--base-dim", "32", "--norm-groups", "8", "--num-res-blocks", "2", "--transformer-layers", "1", "--lr-decay",
+         "none", "--max-steps", "4000", "--loss-weighting", "uniform", "--snr-gamma", "5"]
 # Flags the recipes below build on: the demo model at half width, with one ResNet block a level, and a learning
 # rate falling linearly to 0 at a run of n steps.
 NARROW = ["--base-dim", "16", "--norm-groups", "4"]
@@ -131,6 +131,11 @@ RECIPES: dict[str, list[str]] = {
     "narrow-1block-eps-minsnr20-decay-3k-lr2x": [*ONE_BLOCK, *MIN_SNR_20, *decay(3000), "--learning-rate", "2e-3"],
     "narrow-1block-eps-minsnr10-decay-3k": [*ONE_BLOCK, "--loss-weighting", "min-snr", "--snr-gamma", "10",
                                             *decay(3000)],
+    # Cheaper images instead of fewer (second session of 2026-12-04): the demo without its 8x8 attention (the
+    # bottleneck's stays), a 1.19x faster fp32 step as AVX2 (bench_demo_shapes.py); with widths [1,1,2] dropping it
+    # cost nothing (third session of 2026-12-03, one seed). Result: precision as the demo's, recall 0.005 lower
+    # over six runs; not taken, narrowly (docs/time_to_quality.md).
+    "narrow-1block-eps-minsnr20-noattn-decay-4k": [*ONE_BLOCK, *MIN_SNR_20, *decay(4000), "--transformer-layers", ""],
     # Twice the batch for half the steps (second session of 2026-12-04): the same 256,000 images as the demo, in
     # 2,000 steps. A diffusion loss's gradient is noisy (each image draws its own t and noise), so a larger batch
     # should buy nearly a step's worth of progress per step, and the demo's step does ~1.1x more images/s at 128
