@@ -134,7 +134,7 @@ RECIPES: dict[str, list[str]] = {
     # Cheaper images instead of fewer (second session of 2026-12-04): the demo without its 8x8 attention (the
     # bottleneck's stays), a 1.19x faster fp32 step as AVX2 (bench_demo_shapes.py); with widths [1,1,2] dropping it
     # cost nothing (third session of 2026-12-03, one seed). Result: precision as the demo's, recall ~0.007 lower
-    # over seven runs and two sampling draws; not taken (docs/time_to_quality.md).
+    # over seven runs (~0.005 in each of two sampling draws of six); not taken (docs/time_to_quality.md).
     "narrow-1block-eps-minsnr20-noattn-decay-4k": [*ONE_BLOCK, *MIN_SNR_20, *decay(4000), "--transformer-layers", ""],
     # Twice the batch for half the steps (second session of 2026-12-04): the same 256,000 images as the demo, in
     # 2,000 steps. A diffusion loss's gradient is noisy (each image draws its own t and noise), so a larger batch
