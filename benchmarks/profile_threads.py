@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from pathlib import Path
 
 import torch
+from bench_fp32_cpu import trainer as demo_trainer
 from torch.profiler import ProfilerActivity, profile
 
-from ddpm.config import PRESETS, DiffusionConfig, ModelConfig
 from ddpm.training.trainer import Trainer
 
 
@@ -33,9 +34,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="profiled steps per reading")
     parser.add_argument("--top", type=int, default=25, help="operators to list")
     args = parser.parse_args()
-    diff, model = PRESETS["demo"]
-    trainer = Trainer(DiffusionConfig(**{**diff, "precision": "fp32", "num_sample_images": 0, "tensorboard": False,
-                                         "out_dir": tempfile.mkdtemp(), "max_steps": 10**6}), ModelConfig(**model))
+    trainer = demo_trainer(Path(tempfile.mkdtemp()))  # bench_fp32_cpu's: benchmarks/ is on sys.path as the script's folder
     readings: dict[int, list[dict[str, float]]] = {1: [], 2: []}
     for threads in (1, 2, 1, 2):
         torch.set_num_threads(threads)
