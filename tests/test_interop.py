@@ -197,6 +197,28 @@ def test_every_option_we_export_gives_our_output_in_unet2dmodel(tmp_path, model)
     assert float((loaded.schedule.betas.float() - scheduler.betas).abs().max()) <= 4 * 2**-23
 
 
+def test_a_shifted_schedule_exports_as_its_betas_and_imports_back(tmp_path):
+    config = tiny_model_config(embedding_placement="after_conv1")
+    diffusion = tiny_diffusion_config(tmp_path, beta_schedule="cosine", schedule_shift=-1.5, prediction="v",
+                                      zero_terminal_snr=True)
+    state = {"ema": UNet(config).state_dict(), "model_config": config_to_dict(config), "step": 1,
+             "diffusion_config": config_to_dict(diffusion)}
+    write_diffusers(state, tmp_path / "d")
+    ours = NoiseSchedule.from_config(diffusion)
+    scheduler = diffusers.DDPMScheduler.from_pretrained(tmp_path / "d", subfolder="scheduler")
+    assert torch.equal(scheduler.betas, ours.betas.float())  # diffusers has no shift: it takes the betas as given
+    assert scheduler.alphas_cumprod[-1].item() == 0.0
+    loaded = load_model(checkpoint=tmp_path / "d")
+    assert loaded.diffusion_config == diffusion and torch.equal(loaded.schedule.betas, ours.betas)
+    # Betas that are not ddpm.json's schedule are refused by name.
+    path = tmp_path / "d" / "scheduler" / "scheduler_config.json"
+    values = json.loads(path.read_text())
+    values["trained_betas"][5] *= 1.01
+    path.write_text(json.dumps(values))
+    with pytest.raises(CheckpointError, match=r"scheduler_config\.json: trained_betas="):
+        load_model(checkpoint=tmp_path / "d")
+
+
 @pytest.mark.parametrize(("edit", "field"), [
     (dict(resnet_time_scale_shift="scale_shift"), "resnet_time_scale_shift"),
     (dict(time_embedding_type="fourier"), "time_embedding_type"),

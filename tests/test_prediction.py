@@ -3,6 +3,7 @@ against closed forms: the exact denoiser of Gaussian data, the papers' formulas,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -19,7 +20,7 @@ from ddpm.generation import load_model, sample_images
 from ddpm.losses import diffusion_loss, draw_timesteps, slice_timestep, snr_weight
 from ddpm.samplers import SAMPLERS, run_sampler, timestep_list
 from ddpm.samplers.sigmas import SigmaTable
-from ddpm.schedule import NoiseSchedule, cosine_betas, rescale_zero_terminal_snr
+from ddpm.schedule import NoiseSchedule, cosine_betas, rescale_zero_terminal_snr, shift_log_snr
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -169,6 +170,44 @@ def test_zero_terminal_snr_ends_at_pure_noise_and_keeps_the_first_step(kind):
     assert bool((after.alphas_cumprod[1:] < after.alphas_cumprod[:-1]).all())
 
 
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+@pytest.mark.parametrize("shift", [-2.0, 1.5])
+def test_a_schedule_shift_adds_to_the_log_snr_at_every_step(kind, shift):
+    base = DiffusionConfig(timesteps_diff=200, beta_schedule=kind)
+    before = NoiseSchedule.from_config(base).alphas_cumprod
+    after = NoiseSchedule.from_config(dataclasses.replace(base, schedule_shift=shift)).alphas_cumprod
+    # Hoogeboom et al. 2023: SNR'(t) = SNR(t) e^shift, recomputed per step with the math module.
+    for i in (0, 1, 50, 100, 150, 198, 199):
+        snr = before[i].item() / (1 - before[i].item()) * math.exp(shift)
+        assert after[i].item() == pytest.approx(snr / (1 + snr), rel=1e-9), i
+    assert bool((after[1:] < after[:-1]).all())
+    # Shift 0 is the schedule as it was, bit for bit (the linear one as NoiseSchedule builds it).
+    unshifted = NoiseSchedule.from_config(base)
+    if kind == "linear":
+        assert torch.equal(unshifted.betas, NoiseSchedule(200, *base.resolved_betas()).betas)
+    torch.testing.assert_close(shift_log_snr(unshifted.betas, 0.0), unshifted.betas, rtol=1e-9, atol=0)
+
+
+def test_a_shifted_schedule_keeps_zero_terminal_snr_warns_where_x_T_keeps_signal_and_samples():
+    cfg = DiffusionConfig(timesteps_diff=100, beta_schedule="cosine", schedule_shift=-1.5, zero_terminal_snr=True,
+                          prediction="v")
+    shifted = shift_log_snr(cosine_betas(100), -1.5)
+    # Shifted first, then rescaled (diffusers' order for trained betas with rescale_betas_zero_snr).
+    torch.testing.assert_close(NoiseSchedule.from_config(cfg).betas, rescale_zero_terminal_snr(shifted), rtol=0, atol=0)
+    assert NoiseSchedule.from_config(cfg).alphas_cumprod[-1].item() == 0.0
+    with pytest.warns(UserWarning, match=r"log-SNR shift 5\).*lower schedule_shift"):
+        NoiseSchedule.from_config(DiffusionConfig(timesteps_diff=200, schedule_shift=5.0))  # 0.0045 of the signal at T
+    for bad in (math.nan, 11.0):
+        with pytest.raises(ddpm.ConfigError, match=f"schedule_shift={bad}"):
+            DiffusionConfig(schedule_shift=bad)
+    schedule = NoiseSchedule.from_config(dataclasses.replace(cfg, zero_terminal_snr=False, prediction="eps"))
+    x_T = torch.randn(2000, 1, 1, 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    for name in ("ddpm", "ddim", "dpmpp-2m"):
+        x = run_sampler(name, gaussian_model(schedule), schedule, x_T, torch.Generator().manual_seed(6),
+                        num_steps=20, clip_x0=False).double()
+        assert abs(x.mean().item() - MU) < 0.05 and abs(x.std().item() - S) < 0.08, (name, x.mean().item(), x.std().item())
+
+
 def test_zero_terminal_snr_samples_with_v_and_is_refused_with_eps():
     with pytest.raises(ddpm.ConfigError, match="zero_terminal_snr.*prediction='v'"):
         DiffusionConfig(zero_terminal_snr=True)
@@ -189,13 +228,15 @@ def test_zero_terminal_snr_samples_with_v_and_is_refused_with_eps():
 
 def test_a_v_min_snr_cosine_run_trains_stores_its_recipe_and_samples(tmp_path):
     cfg = tiny_diffusion_config(tmp_path, max_steps=4, num_sample_images=0, tensorboard=False, prediction="v",
-                                loss_weighting="min-snr", snr_gamma=5.0, beta_schedule="cosine", zero_terminal_snr=True)
+                                loss_weighting="min-snr", snr_gamma=5.0, beta_schedule="cosine", zero_terminal_snr=True,
+                                schedule_shift=-1.0)
     run = train_diffusion(cfg, tiny_model_config())
     stored = json.loads((Path(str(run)) / "config.json").read_text())["diffusion_config"]
-    assert (stored["prediction"], stored["loss_weighting"], stored["beta_schedule"], stored["zero_terminal_snr"]) == (
-        "v", "min-snr", "cosine", True)
+    assert (stored["prediction"], stored["loss_weighting"], stored["beta_schedule"], stored["zero_terminal_snr"],
+            stored["schedule_shift"]) == ("v", "min-snr", "cosine", True, -1.0)
     loaded = load_model(run=run)
     assert loaded.schedule.prediction == "v" and loaded.schedule.alphas_cumprod[-1].item() == 0.0
+    assert torch.equal(loaded.schedule.betas, NoiseSchedule.from_config(cfg).betas)
     x = sample_images(loaded.model, loaded.schedule, 3, seed=0, sampler="dpmpp-2m", num_steps=5)
     assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all()
 
@@ -203,7 +244,8 @@ def test_a_v_min_snr_cosine_run_trains_stores_its_recipe_and_samples(tmp_path):
 def test_an_old_checkpoint_loads_as_an_epsilon_model():
     loaded = load_model(checkpoint=FIXTURES / "checkpoint_v0.pt")
     cfg = loaded.diffusion_config
-    assert (cfg.prediction, cfg.loss_weighting, cfg.beta_schedule, cfg.zero_terminal_snr) == ("eps", "uniform", "linear", False)
+    assert (cfg.prediction, cfg.loss_weighting, cfg.beta_schedule, cfg.zero_terminal_snr, cfg.schedule_shift) == (
+        "eps", "uniform", "linear", False, 0.0)
     assert loaded.schedule.prediction == "eps"
 
 

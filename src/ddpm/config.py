@@ -166,6 +166,7 @@ class DiffusionConfig:
     beta_start: float | None = _f(None, "first beta of the linear schedule. None = the paper's 1e-4 and 0.02 scaled by 1000 / T, so x_T is pure noise for any T (the seed's T = 200 with the unscaled range keeps 37% of the signal amplitude).")
     beta_end: float | None = _f(None, "last beta of the linear schedule. None = the paper's 0.02 scaled by 1000 / T (see beta_start).")
     beta_schedule: str = _f("linear", "\"linear\" (DDPM: beta_start .. beta_end) or \"cosine\" (Nichol & Dhariwal 2021: alphā(t) = f(t) / f(0), f(t) = cos²((t/T + 0.008) / 1.008 · π/2); less noise early, so fewer steps are spent on nearly clean images)")
+    schedule_shift: float = _f(0.0, "add this to the schedule's log-SNR at every t: alphā'(t) = sigmoid(log SNR(t) + shift) (Hoogeboom et al. 2023, \"simple diffusion\"). Negative = more noise at every step, for large images, whose pixels stay recognisable under more noise (their rule for the cosine schedule: 2 ln(64 / image_size), -1.39 at 128x128); positive = less, for small ones. 0 = the schedule as it is.")
     zero_terminal_snr: bool = _f(False, "rescale the schedule so that alphā_T = 0 exactly (Lin et al. 2024): x_T is pure noise, with no signal left. Needs prediction v or x0, since eps carries no information about x_0 there.")
     prediction: str = _f("eps", "what the network predicts: \"eps\" (the noise, DDPM), \"v\" (sqrt(alphā) eps - sqrt(1 - alphā) x_0, Salimans & Ho 2022: well scaled at every t) or \"x0\" (the clean image)")
     loss_weighting: str = _f("uniform", "weight of each t in the loss: \"uniform\" (plain MSE of the prediction, DDPM's L_simple for eps), \"min-snr\" (Hang et al. 2023: the x_0 error weighted by min(SNR, gamma); converges faster) or \"soft-min-snr\" (SNR gamma / (SNR + gamma), a smooth min; k-diffusion)")
@@ -234,6 +235,9 @@ class DiffusionConfig:
         _require(self.beta_schedule == "linear" or (self.beta_start is None and self.beta_end is None),
                  f"DiffusionConfig: beta_start/beta_end are set, but beta_schedule={self.beta_schedule!r} does not use "
                  "them; unset them, or use beta_schedule='linear'.")
+        _require(math.isfinite(self.schedule_shift) and abs(self.schedule_shift) <= 10,
+                 f"DiffusionConfig.schedule_shift={self.schedule_shift} must be a log-SNR shift in [-10, 10] "
+                 "(0 = none; simple diffusion's rule for cosine is 2 ln(64 / image_size)).")
         _require(self.prediction in PREDICTIONS, f"DiffusionConfig.prediction={self.prediction!r}; choose one of {PREDICTIONS}.")
         _require(not (self.zero_terminal_snr and self.prediction == "eps"),
                  "DiffusionConfig.zero_terminal_snr=True with prediction='eps': at alphā_T = 0, x_T is pure noise, so "

@@ -30,6 +30,7 @@ import torch
 
 from .config import ConfigError, DiffusionConfig, ModelConfig, config_from_dict, config_to_dict
 from .errors import CheckpointError, UsageError
+from .schedule import schedule_betas
 from .unet import UNet
 
 DIFFUSERS_VERSION = "0.42.1"  # the version this mapping was checked against, written into the configs
@@ -231,6 +232,25 @@ def model_config_from_unet(values: dict[str, Any], source: Path, num_classes: in
         raise CheckpointError(f"{source}: the U-Net it describes is not a valid ddpm model: {err}") from None
 
 
+# The fields that say what a log-SNR-shifted schedule is, exported to diffusers as its betas.
+SHIFTED_SCHEDULE_FIELDS = ("timesteps_diff", "beta_schedule", "beta_start", "beta_end", "schedule_shift",
+                           "zero_terminal_snr")
+
+
+def _own_shifted_schedule(trained_betas: list[float] | None, base: dict[str, Any]) -> DiffusionConfig | None:
+    """ddpm.json's DiffusionConfig if it has a log-SNR shift and its betas are trained_betas (a folder
+    that write_diffusers made from a shifted schedule), else None."""
+    if trained_betas is None or not base.get("schedule_shift"):
+        return None
+    try:
+        own = config_from_dict(DiffusionConfig, base)
+    except ConfigError:
+        return None
+    theirs = torch.tensor(trained_betas, dtype=torch.float64)
+    ours = schedule_betas(own)
+    return own if theirs.shape == ours.shape and torch.allclose(theirs, ours, rtol=1e-6, atol=1e-12) else None
+
+
 def diffusion_config_from_scheduler(values: dict[str, Any], source: Path, base: dict[str, Any]) -> DiffusionConfig:
     """The DiffusionConfig of a scheduler_config.json: its forward process, prediction type and the
     reverse variance and clipping of its DDPM sampling; the other fields from base (a config dict)."""
@@ -239,8 +259,10 @@ def diffusion_config_from_scheduler(values: dict[str, Any], source: Path, base: 
     def refuse(field: str, why: str) -> CheckpointError:
         return CheckpointError(f"{source}: {field}={c.get(field)!r} cannot be represented by ddpm's schedule: {why}.")
 
-    if c["trained_betas"] is not None:
-        raise refuse("trained_betas", "ddpm's schedules are linear or cosine")
+    own = _own_shifted_schedule(c["trained_betas"], base)
+    if c["trained_betas"] is not None and own is None:
+        raise refuse("trained_betas", "ddpm's schedules are linear or cosine, shifted in log-SNR as ddpm.json "
+                      "says; these betas are not the schedule of this folder's ddpm.json")
     if c["beta_schedule"] not in BETA_SCHEDULES:
         raise refuse("beta_schedule", f"choose one of {sorted(BETA_SCHEDULES)}")
     if c["prediction_type"] not in PREDICTION_TYPES:
@@ -256,7 +278,9 @@ def diffusion_config_from_scheduler(values: dict[str, Any], source: Path, base: 
                     sample_variance=VARIANCE_TYPES[c["variance_type"]], clip_x0=bool(c["clip_sample"]),
                     beta_start=None, beta_end=None)
     values = dict(base)
-    if schedule["beta_schedule"] == "linear":
+    if own is not None:  # a shifted schedule that ddpm wrote: its own fields say what the betas are
+        schedule.update({k: getattr(own, k) for k in SHIFTED_SCHEDULE_FIELDS})
+    elif schedule["beta_schedule"] == "linear":
         betas = (float(c["beta_start"]), float(c["beta_end"]))
         try:  # keep ddpm.json's unset betas where they resolve to the scheduler's
             same = config_from_dict(DiffusionConfig, {**values, **schedule}).resolved_betas() == betas
@@ -319,8 +343,10 @@ def scheduler_config(config: DiffusionConfig) -> dict[str, Any]:
     return {
         "_class_name": "DDPMScheduler", "_diffusers_version": DIFFUSERS_VERSION,
         "num_train_timesteps": config.timesteps_diff, "beta_start": beta_start, "beta_end": beta_end,
-        "beta_schedule": {v: k for k, v in BETA_SCHEDULES.items()}[config.beta_schedule], "trained_betas": None,
-        "rescale_betas_zero_snr": config.zero_terminal_snr,
+        "beta_schedule": {v: k for k, v in BETA_SCHEDULES.items()}[config.beta_schedule],
+        # diffusers has no log-SNR shift: a shifted schedule goes as its betas, already rescaled.
+        "trained_betas": schedule_betas(config).tolist() if config.schedule_shift else None,
+        "rescale_betas_zero_snr": config.zero_terminal_snr and not config.schedule_shift,
         "prediction_type": {v: k for k, v in PREDICTION_TYPES.items()}[config.prediction],
         "variance_type": "fixed_small" if config.sample_variance == "beta_tilde" else "fixed_large",
         "clip_sample": config.clip_x0, "clip_sample_range": 1.0, "thresholding": False,

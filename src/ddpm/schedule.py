@@ -47,6 +47,17 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     return 1.0 - torch.cat([abar[:1], abar[1:] / abar[:-1]])
 
 
+def shift_log_snr(betas: torch.Tensor, shift: float) -> torch.Tensor:
+    """Betas whose log-SNR is that of `betas` plus `shift` at every t (Hoogeboom et al. 2023, Sec. 3.1).
+
+    alphā'(t) = sigmoid(log SNR(t) + shift), with log SNR(t) = log(alphā(t) / (1 - alphā(t))); the
+    betas are recomputed from alphā'. A final alphā of 0 (zero terminal SNR) stays 0. float64, (T,).
+    """
+    abar = torch.cumprod(1.0 - betas.to(torch.float64), dim=0)
+    shifted = torch.sigmoid(torch.logit(abar) + shift)  # logit(0) = -inf -> sigmoid = 0
+    return 1.0 - torch.cat([shifted[:1], shifted[1:] / shifted[:-1]])
+
+
 def _split(prediction: str, x_t: torch.Tensor, a: torch.Tensor | float, s: torch.Tensor | float,
            out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0, eps) from the network's output for x_t = a x0 + s eps (NoiseSchedule.split says how)."""
@@ -55,6 +66,35 @@ def _split(prediction: str, x_t: torch.Tensor, a: torch.Tensor | float, s: torch
     if prediction == "x0":
         return out, (x_t - a * out) / s
     return a * x_t - s * out, s * x_t + a * out
+
+
+def schedule_betas(config) -> torch.Tensor:
+    """The betas a DiffusionConfig describes (float64, (T,)): linear or cosine, then shifted in log-SNR
+    (schedule_shift), then rescaled to zero terminal SNR (zero_terminal_snr), in diffusers' order for
+    trained betas. Warns, as NoiseSchedule does, when x_T keeps more than MAX_SIGNAL_AT_T of the signal."""
+    kind = config.beta_schedule
+    if kind not in BETA_SCHEDULES:
+        raise ValueError(f"beta_schedule={kind!r}; choose one of {BETA_SCHEDULES}.")
+    if kind == "linear":
+        beta_start, beta_end = config.resolved_betas()
+        betas = torch.linspace(beta_start, beta_end, config.timesteps_diff, dtype=torch.float64)
+    else:
+        betas = cosine_betas(config.timesteps_diff)
+    shift = getattr(config, "schedule_shift", 0.0)
+    if shift:
+        betas = shift_log_snr(betas, shift)
+    if config.zero_terminal_snr:
+        return rescale_zero_terminal_snr(betas)
+    signal = float(torch.cumprod(1.0 - betas, dim=0)[-1])
+    if signal > MAX_SIGNAL_AT_T:
+        what = f"{beta_start:g} .. {beta_end:g}" if kind == "linear" else kind
+        shifted = f", log-SNR shift {shift:g}" if shift else ""
+        warnings.warn(
+            f"The beta schedule ({what} over T={config.timesteps_diff}{shifted}) keeps {signal:.3g} of the signal "
+            f"variance at t=T (more than {MAX_SIGNAL_AT_T:g}), so x_T is not pure noise and samples drawn from "
+            "N(0, I) start off the training distribution. Leave beta_start/beta_end unset to use the paper's range "
+            f"scaled by 1000/T{', or lower schedule_shift' if shift > 0 else ''}.", stacklevel=3)
+    return betas
 
 
 class NoiseSchedule:
@@ -149,21 +189,9 @@ class NoiseSchedule:
     @classmethod
     def from_config(cls, config) -> NoiseSchedule:
         """The schedule a DiffusionConfig describes: linear (betas scaled by 1000 / T where not
-        given) or cosine, optionally rescaled to zero terminal SNR, with its prediction type."""
-        prediction, kind = config.prediction, config.beta_schedule
-        if kind not in BETA_SCHEDULES:
-            raise ValueError(f"beta_schedule={kind!r}; choose one of {BETA_SCHEDULES}.")
-        if kind == "linear" and not config.zero_terminal_snr:
-            beta_start, beta_end = config.resolved_betas()
-            return cls(config.timesteps_diff, beta_start, beta_end, prediction=prediction)
-        if kind == "linear":
-            beta_start, beta_end = config.resolved_betas()
-            betas = torch.linspace(beta_start, beta_end, config.timesteps_diff, dtype=torch.float64)
-        else:
-            betas = cosine_betas(config.timesteps_diff)
-        if config.zero_terminal_snr:
-            betas = rescale_zero_terminal_snr(betas)
-        return cls.from_betas(betas, prediction)
+        given) or cosine, its log-SNR shifted by schedule_shift, optionally rescaled to zero terminal
+        SNR, with its prediction type."""
+        return cls.from_betas(schedule_betas(config), config.prediction)
 
     def to(self, device: torch.device | str) -> NoiseSchedule:
         """Move the float64 tables to `device` (once, so the training loop never copies them)."""
