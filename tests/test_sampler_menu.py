@@ -18,7 +18,7 @@ from ddpm.samplers import SAMPLERS, resolve_steps, run_sampler, timestep_list
 from ddpm.samplers.dpmpp import dpmpp_sample
 from ddpm.samplers.euler import euler_sample, heun_sample
 from ddpm.samplers.noise import BrownianNoise
-from ddpm.samplers.sigmas import KARRAS_RHO, SigmaTable
+from ddpm.samplers.sigmas import KARRAS_RHO, MIN_SPACED_LOG_SNR, SigmaTable
 from ddpm.schedule import NoiseSchedule, cosine_betas, rescale_zero_terminal_snr
 
 # Sigma schedules ----------------------------------------------------------------------------------
@@ -51,6 +51,28 @@ def test_karras_and_exponential_sigmas_follow_their_formulas(kind):
     else:
         want = np.exp(np.log(hi) + i * (np.log(lo) - np.log(hi)))
     np.testing.assert_allclose([table.sigma(t) for t in ts], want, rtol=1e-10)
+
+
+def test_spacings_in_log_snr_start_from_the_floor_not_from_the_cosine_schedules_clipped_end():
+    cosine = NoiseSchedule.from_betas(cosine_betas(200))
+    table = SigmaTable(cosine)
+    assert -2 * table.log_sigma[199] < -16 < -2 * table.log_sigma[198]  # the last beta, clipped at 0.999
+    n, lam0 = 20, -2 * table.log_sigma[0]
+    exponential, karras = timestep_list(cosine, n, "exponential"), timestep_list(cosine, n, "karras")
+    assert exponential[0] == karras[0] == 199
+    # After T-1, the steps lie where they would in a schedule that ended at the floor.
+    want = np.linspace(MIN_SPACED_LOG_SNR, lam0, n)[1:]
+    np.testing.assert_allclose([-2 * table.log_sigma_at(t) for t in exponential[1:]], want, rtol=1e-9)
+    lo, hi = table.sigma(0) ** (1 / KARRAS_RHO), math.exp(-MIN_SPACED_LOG_SNR / 2) ** (1 / KARRAS_RHO)
+    want = [(hi + i / (n - 1) * (lo - hi)) ** KARRAS_RHO for i in range(1, n)]
+    np.testing.assert_allclose([table.sigma(t) for t in karras[1:]], want, rtol=1e-9)
+    # logsnr is exponential rounded to the model's own timesteps (log sigma is linear in t between them).
+    assert timestep_list(cosine, n, "logsnr") == [round(t) for t in exponential]
+    # A schedule that ends above the floor (the seed's linear one) spreads from its own end, as before.
+    linear = NoiseSchedule(200, 5e-4, 0.1)
+    assert -2 * SigmaTable(linear).log_sigma[199] > MIN_SPACED_LOG_SNR
+    lam = [-2 * SigmaTable(linear).log_sigma_at(t) for t in timestep_list(linear, n, "exponential")]
+    np.testing.assert_allclose(lam, np.linspace(lam[0], lam[-1], n), rtol=1e-9)
 
 
 def test_fractional_spacings_with_zero_terminal_snr_start_at_T_and_stay_finite():

@@ -110,6 +110,7 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sigmas", "--spacing", dest="spacing", choices=SPACINGS, default=None,
                    help="where the steps lie: uniform in t; uniform in log-SNR (both on the model's own "
                    "timesteps); karras (Karras et al. 2022, rho 7); exponential (log-SNR, between timesteps). "
+                   "All but uniform spread the steps after T from log-SNR -10.5 at the noisiest. "
                    "Default: the sampler's own")
     p.add_argument("--eta", type=non_negative_float, default=None,
                    help="noise: ddim (0 = deterministic, default), euler-ancestral and dpmpp-*-sde (1 = default)")

@@ -21,6 +21,14 @@ from ..schedule import NoiseSchedule
 
 KARRAS_RHO = 7.0  # Karras et al. 2022, Eq. 5: rho = 7 spends the steps near sigma_min
 
+# Spacings in log-SNR or sigma (logsnr, exponential, karras) spread their steps no noisier than this
+# log-SNR (sigma = e^5.25 ~ 190: any image in [-1, 1] is drowned there); the first step is still at
+# T-1 and jumps to the next. The linear schedules end above it (-10.1 at T = 1000, the seed's -10.4 at
+# T = 200: untouched), but the cosine schedule's last beta, clipped at 0.999, drops its log-SNR to -16.6
+# at T = 200, and spreading evenly down to there put 9 of 20 steps among t = 191..199. diffusers guards
+# DPM-Solver the same way (lambda_min_clipped = -5.1 in half log-SNR, for cosine); EDM stops at sigma 80.
+MIN_SPACED_LOG_SNR = -10.5
+
 
 class SigmaTable:
     """alphā, sigma and the network's timestep at any fractional timestep of one schedule (float64)."""
@@ -90,7 +98,7 @@ def continuous_timesteps(table: SigmaTable, num_steps: int, kind: str, start: in
         return [float(start)]
     if math.isinf(table.log_sigma[start]):  # zero terminal SNR: visit T-1, spread the rest below it
         return [float(start)] + continuous_timesteps(table, num_steps - 1, kind, start - 1)
-    sigma_min, sigma_max = table.sigma(0), table.sigma(start)
+    sigma_min, sigma_max = table.sigma(0), min(table.sigma(start), math.exp(-MIN_SPACED_LOG_SNR / 2))
     sigmas = (karras_sigmas if kind == "karras" else exponential_sigmas)(sigma_min, sigma_max, num_steps)
     ts = [table.t_of_sigma(s) for s in sigmas]
     ts[0], ts[-1] = float(start), 0.0
