@@ -15,7 +15,8 @@ takes on the CPU, instead of PyTorch's fused kernel); plain AdamW (the non-fused
 update alone); 1 thread; compile (with --compile); and, in NHWC as the demo trains since
 2026-12-03 (channels_last auto): convolutions without oneDNN (PyTorch's own im2col + GEMM kernels), and
 half the batch on 1 thread (what each rank of a 2-process torchrun on 2 cores would take, before the
-gradient all-reduce).
+gradient all-reduce); and two Python threads in one process, each with half the batch on one intra-op
+thread (data parallelism without a second process).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import contextlib
 import os
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +34,7 @@ import torch
 
 import ddpm.unet
 from ddpm.config import PRESETS, DiffusionConfig, ModelConfig
+from ddpm.losses import diffusion_loss, draw_timesteps
 from ddpm.training.trainer import Trainer
 
 
@@ -61,6 +64,29 @@ def threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def python_threads_step(tr: Trainer) -> None:
+    """The step with the batch's two halves' forward and backward in two Python threads at once, on one
+    intra-op thread each (call it under threads(1)): data parallelism inside one process, the gradients
+    meeting in .grad (autograd accumulates them under a lock). What the GIL leaves of it is the question."""
+    cfg = tr.cfg
+    tr.model.train()
+    tr.optimizer.zero_grad(set_to_none=True)
+    x0, _ = tr._next_batch()
+    t = draw_timesteps(cfg.batch_size, tr.schedule.num_timesteps, cfg.timestep_sampling, tr.device, tr.generator)
+    noise = torch.randn(x0.shape, generator=tr.generator)
+
+    def half(part: slice) -> None:
+        loss, _, _ = diffusion_loss(tr.net, tr.schedule, x0[part], t=t[part], noise=noise[part],
+                                    weighting=cfg.loss_weighting, snr_gamma=cfg.snr_gamma)
+        (loss / 2).backward()
+
+    other = threading.Thread(target=half, args=(slice(0, cfg.batch_size // 2),))
+    other.start()
+    half(slice(cfg.batch_size // 2, None))
+    other.join()
+    tr._update()
 
 
 def adamw_step_ms(params: list[torch.nn.Parameter], fused: bool, repeats: int = 30, foreach: bool | None = None) -> float:
@@ -94,6 +120,8 @@ def main() -> None:
         "fp32 + channels_last, convolutions without oneDNN": (trainer(tmp / "f", channels_last=True), "no-onednn"),
         "fp32 + channels_last, half batch on 1 thread": (
             trainer(tmp / "g", channels_last=True, batch_size=PRESETS["demo"][0]["batch_size"] // 2), "threads"),
+        "fp32 + channels_last, two Python threads with half the batch each": (
+            trainer(tmp / "p", channels_last=True), "python-threads"),
     }
     if args.compile:
         variants["fp32 + compile"] = (trainer(tmp / "e", compile_model=True), None)
@@ -101,21 +129,29 @@ def main() -> None:
     def context(kind):
         if kind == "no-onednn":
             return torch.backends.mkldnn.flags(enabled=False)
-        return plain_attention() if kind == "attention" else threads(1) if kind == "threads" else contextlib.nullcontext()
+        if kind == "attention":
+            return plain_attention()
+        return threads(1) if kind in ("threads", "python-threads") else contextlib.nullcontext()
+
+    def step(tr: Trainer, kind) -> None:
+        if kind == "python-threads":
+            python_threads_step(tr)
+        else:
+            tr.train_step()
 
     warm = {}
     for name, (tr, kind) in variants.items():
         start = time.perf_counter()
         with context(kind):
             for _ in range(5):
-                tr.train_step()
+                step(tr, kind)
         warm[name] = time.perf_counter() - start
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.steps):
         for name, (tr, kind) in variants.items():
             with context(kind):
                 start = time.perf_counter()
-                tr.train_step()
+                step(tr, kind)
                 times[name].append(time.perf_counter() - start)
     base = statistics.median(times["fp32"])
     batch = variants["fp32"][0].cfg.batch_size

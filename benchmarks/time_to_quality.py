@@ -120,7 +120,8 @@ RECIPES: dict[str, list[str]] = {
     "batch32": ["--batch-size", "32"],
     # Never run before the second session of 2026-12-04: the cosine schedule on the demo's recipe, and min-SNR at
     # gamma 10 (between 5, which bought precision with recall, and the demo's 20) at 3,000 steps. Results: cosine
-    # reaches the precision sooner but scores worse FD-digits; gamma 10 no better than 20 (docs/time_to_quality.md).
+    # reaches the precision sooner but scored worse FD-digits (the sampler's spacing, it turned out: fixed in the third
+    # session); gamma 10 no better than 20 (docs/time_to_quality.md).
     "narrow-1block-eps-minsnr20-cosine-decay-4k": [*ONE_BLOCK, *MIN_SNR_20, *decay(4000), "--beta-schedule", "cosine"],
     # The cosine run scored precision 0.828 at its step 3,000 (the demo: 0.798): the same at 3,000 steps.
     "narrow-1block-eps-minsnr20-cosine-decay-3k": [*ONE_BLOCK, *MIN_SNR_20, *decay(3000), "--beta-schedule", "cosine"],
@@ -149,6 +150,20 @@ RECIPES: dict[str, list[str]] = {
     "narrow-1block-eps-minsnr20-b128-2k-lr14": [*ONE_BLOCK, *MIN_SNR_20, *decay(2000), "--batch-size", "128",
                                                 "--learning-rate", "1.4e-3", "--warmup-steps", "100",
                                                 "--ema-decay", "0.998"],
+    # Between the two schedules (third session of 2026-12-04): cosine holds more signal than the demo's
+    # linear betas at every mid t (log-SNR -0.06 against -2.54 at t = 100 of 200), reached the precision sooner
+    # and drew worse FD-digits. Shifting cosine's log-SNR down by 1 or 2 (--schedule-shift, simple diffusion's
+    # knob) puts it between them: -2 follows the linear schedule's log-SNR to t ~ 100, with more signal above.
+    # Result: more noise brings back the linear schedule's slower precision; neither beats plain cosine.
+    "narrow-1block-eps-minsnr20-cosine-shift-1-decay-3k": [*ONE_BLOCK, *MIN_SNR_20, *decay(3000), "--beta-schedule",
+                                                          "cosine", "--schedule-shift", "-1"],
+    "narrow-1block-eps-minsnr20-cosine-shift-2-decay-3k": [*ONE_BLOCK, *MIN_SNR_20, *decay(3000), "--beta-schedule",
+                                                          "cosine", "--schedule-shift", "-2"],
+    # The cosine schedule's FD-digits penalty was the default sampler's: its log-SNR spacing spread 9 of 20 steps
+    # among t = 191..199, where the clipped last beta drops the log-SNR to -16.6; spaced from -10.5 since (third
+    # session of 2026-12-04), the 3,000-step cosine runs beat the demo's precision at its FD-digits; recall held in
+    # one draw of two and lost 0.011 in the other (six runs; not taken). At 2,000 steps precision falls short.
+    "narrow-1block-eps-minsnr20-cosine-decay-2k": [*ONE_BLOCK, *MIN_SNR_20, *decay(2000), "--beta-schedule", "cosine"],
 }
 
 
