@@ -190,6 +190,33 @@ def test_benchmark_scripts_import_and_explain_themselves(script, monkeypatch):
     assert exit_.value.code == 0 and "usage:" in out.getvalue(), out.getvalue()
 
 
+def test_compare_draws_averages_draws_then_checkpoints_and_refuses_conflicting_scores(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import compare_draws
+
+    def row(p, r, fd, seed):
+        return {"precision": p, "recall": r, "fd_digits": fd, "kd_digits": 0.0, "n": 2000, "seed": seed}
+
+    draws = {7: {"a-s0@9": row(0.80, 0.90, 4.0, 7), "a-s1@9": row(0.84, 0.92, 6.0, 7), "b-s0@9": row(0.70, 0.95, 3.0, 7),
+                 "b-s1@9": row(0.74, 0.93, 5.0, 7), "real held-out": {"precision": 0.9, "recall": 0.9, "fd_digits": 6.0}},
+             8: {"a-s0@9": row(0.82, 0.94, 2.0, 8), "a-s1@9": row(0.86, 0.92, 8.0, 8)}}
+    for seed, rows in draws.items():
+        (tmp_path / f"seed{seed}.json").write_text(json.dumps(rows))
+    files = [str(tmp_path / "seed7.json"), str(tmp_path / "seed8.json")]
+    monkeypatch.setattr(sys, "argv", ["compare_draws", *files, "--group", "a=a-*", "--group", "b=b-s?@9"])
+    compare_draws.main()
+    out = capsys.readouterr().out
+    # a: checkpoint means over draws (0.81, 0.85) -> 0.830, s.e. = stdev / sqrt(2) = 0.02; b: 0.720 +- 0.02.
+    assert "| a-s0@9 | 2 | 0.810 | 0.920 | 3.00 |" in out and "| b-s1@9 | 1 | 0.740 | 0.930 | 5.00 |" in out
+    assert "| a | 2 | 0.830 +- 0.020 | 0.920 +- 0.000 | 5.00 +- 2.00 |" in out
+    assert "| b minus a | | -0.110 +- 0.028 | +0.020 +- 0.010 | -1.00 +- 2.24 |" in out
+    draws[8]["a-s0@9"]["recall"] = 0.5
+    (tmp_path / "other.json").write_text(json.dumps(draws[8]))
+    monkeypatch.setattr(sys, "argv", ["compare_draws", *files, str(tmp_path / "other.json"), "--group", "a=a-*"])
+    with pytest.raises(SystemExit, match="a-s0@9 at sampling seed 8 scores differently"):
+        compare_draws.main()
+
+
 def test_a_user_error_is_one_line_and_a_bug_shows_its_traceback(tmp_path, capsys, monkeypatch):
     from conftest import tiny_diffusion_config, tiny_model_config
 
