@@ -77,15 +77,22 @@ def python_threads_step(tr: Trainer) -> None:
     t = draw_timesteps(cfg.batch_size, tr.schedule.num_timesteps, cfg.timestep_sampling, tr.device, tr.generator)
     noise = torch.randn(x0.shape, generator=tr.generator)
 
+    failed: list[BaseException] = []
+
     def half(part: slice) -> None:
-        loss, _, _ = diffusion_loss(tr.net, tr.schedule, x0[part], t=t[part], noise=noise[part],
-                                    weighting=cfg.loss_weighting, snr_gamma=cfg.snr_gamma)
-        (loss / 2).backward()
+        try:
+            loss, _, _ = diffusion_loss(tr.net, tr.schedule, x0[part], t=t[part], noise=noise[part],
+                                        weighting=cfg.loss_weighting, snr_gamma=cfg.snr_gamma)
+            (loss / 2).backward()
+        except BaseException as err:  # a thread's exception is only printed: hand it to the caller
+            failed.append(err)
 
     other = threading.Thread(target=half, args=(slice(0, cfg.batch_size // 2),))
     other.start()
     half(slice(cfg.batch_size // 2, None))
     other.join()
+    if failed:
+        raise failed[0]
     tr._update()
 
 

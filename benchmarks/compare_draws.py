@@ -57,7 +57,9 @@ def main() -> None:
     means, draws = checkpoint_means(args.json)
     groups: dict[str, list[str]] = {}
     for spec in args.group:
-        name, _, patterns = spec.partition("=")
+        name, eq, patterns = spec.partition("=")
+        if not eq or not name or name in groups:
+            raise SystemExit(f"--group {spec!r}: write NAME=PATTERN[,PATTERN...] with a name not used before")
         keys = sorted(k for k in means if any(fnmatch.fnmatch(k, p) for p in patterns.split(",")))
         if len(keys) < 2:
             raise SystemExit(f"--group {spec!r}: {len(keys)} checkpoint(s) match; a group needs two or more")

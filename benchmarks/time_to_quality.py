@@ -161,8 +161,8 @@ RECIPES: dict[str, list[str]] = {
                                                           "cosine", "--schedule-shift", "-2"],
     # The cosine schedule's FD-digits penalty was the default sampler's: its log-SNR spacing spread 9 of 20 steps
     # among t = 191..199, where the clipped last beta drops the log-SNR to -16.6; spaced from -10.5 since (third
-    # session of 2026-12-04), the 3,000-step cosine runs beat the demo's precision at its FD-digits; recall held in
-    # one draw of two and lost 0.011 in the other (six runs; not taken). At 2,000 steps precision falls short.
+    # session of 2026-12-04), the 3,000-step cosine runs beat the demo's precision at its FD-digits; recall over six
+    # draws and eight runs 0.003 +- 0.002 lower: the next demo's candidate. At 2,000 steps precision falls short.
     "narrow-1block-eps-minsnr20-cosine-decay-2k": [*ONE_BLOCK, *MIN_SNR_20, *decay(2000), "--beta-schedule", "cosine"],
 }
 

@@ -181,10 +181,12 @@ def test_a_schedule_shift_adds_to_the_log_snr_at_every_step(kind, shift):
         snr = before[i].item() / (1 - before[i].item()) * math.exp(shift)
         assert after[i].item() == pytest.approx(snr / (1 + snr), rel=1e-9), i
     assert bool((after[1:] < after[:-1]).all())
-    # Shift 0 is the schedule as it was, bit for bit (the linear one as NoiseSchedule builds it).
+    # Shift 0 is the schedule as it was, bit for bit; shift_log_snr(betas, 0) itself is exact to rounding.
     unshifted = NoiseSchedule.from_config(base)
     if kind == "linear":
         assert torch.equal(unshifted.betas, NoiseSchedule(200, *base.resolved_betas()).betas)
+    else:
+        assert torch.equal(unshifted.betas, cosine_betas(200))
     torch.testing.assert_close(shift_log_snr(unshifted.betas, 0.0), unshifted.betas, rtol=1e-9, atol=0)
 
 
@@ -195,7 +197,7 @@ def test_a_shifted_schedule_keeps_zero_terminal_snr_warns_where_x_T_keeps_signal
     # Shifted first, then rescaled (diffusers' order for trained betas with rescale_betas_zero_snr).
     torch.testing.assert_close(NoiseSchedule.from_config(cfg).betas, rescale_zero_terminal_snr(shifted), rtol=0, atol=0)
     assert NoiseSchedule.from_config(cfg).alphas_cumprod[-1].item() == 0.0
-    with pytest.warns(UserWarning, match=r"log-SNR shift 5\).*lower schedule_shift"):
+    with pytest.warns(UserWarning, match=r"log-SNR shift 5\).*Fix: lower schedule_shift=5; or use zero_terminal_snr"):
         NoiseSchedule.from_config(DiffusionConfig(timesteps_diff=200, schedule_shift=5.0))  # 0.0045 of the signal at T
     for bad in (math.nan, 11.0):
         with pytest.raises(ddpm.ConfigError, match=f"schedule_shift={bad}"):

@@ -261,8 +261,11 @@ def diffusion_config_from_scheduler(values: dict[str, Any], source: Path, base: 
 
     own = _own_shifted_schedule(c["trained_betas"], base)
     if c["trained_betas"] is not None and own is None:
-        raise refuse("trained_betas", "ddpm's schedules are linear or cosine, shifted in log-SNR as ddpm.json "
-                      "says; these betas are not the schedule of this folder's ddpm.json")
+        why = ("its ddpm.json gives a shifted schedule with other betas" if base.get("schedule_shift") else
+               "ddpm's schedules are linear or cosine, and only a log-SNR-shifted one that ddpm exported (with its "
+               "ddpm.json) goes as trained betas")
+        raise CheckpointError(f"{source}: trained_betas=[{len(c['trained_betas'])} values] cannot be represented by "
+                              f"ddpm's schedule: {why}.")
     if c["beta_schedule"] not in BETA_SCHEDULES:
         raise refuse("beta_schedule", f"choose one of {sorted(BETA_SCHEDULES)}")
     if c["prediction_type"] not in PREDICTION_TYPES:
@@ -276,7 +279,7 @@ def diffusion_config_from_scheduler(values: dict[str, Any], source: Path, base: 
     schedule = dict(timesteps_diff=int(c["num_train_timesteps"]), beta_schedule=BETA_SCHEDULES[c["beta_schedule"]],
                     zero_terminal_snr=bool(c["rescale_betas_zero_snr"]), prediction=PREDICTION_TYPES[c["prediction_type"]],
                     sample_variance=VARIANCE_TYPES[c["variance_type"]], clip_x0=bool(c["clip_sample"]),
-                    beta_start=None, beta_end=None)
+                    beta_start=None, beta_end=None, schedule_shift=0.0)  # diffusers' own schedules are unshifted
     values = dict(base)
     if own is not None:  # a shifted schedule that ddpm wrote: its own fields say what the betas are
         schedule.update({k: getattr(own, k) for k in SHIFTED_SCHEDULE_FIELDS})

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .config import BETA_SCHEDULES, PREDICTIONS
+from .config import BETA_SCHEDULES, PREDICTIONS, DiffusionConfig
 
 # A schedule that leaves more than this much of the signal variance at t = T does not end in pure
 # noise, so sampling from N(0, I) starts from a distribution the model never saw.
@@ -68,7 +68,7 @@ def _split(prediction: str, x_t: torch.Tensor, a: torch.Tensor | float, s: torch
     return a * x_t - s * out, s * x_t + a * out
 
 
-def schedule_betas(config) -> torch.Tensor:
+def schedule_betas(config: DiffusionConfig) -> torch.Tensor:
     """The betas a DiffusionConfig describes (float64, (T,)): linear or cosine, then shifted in log-SNR
     (schedule_shift), then rescaled to zero terminal SNR (zero_terminal_snr), in diffusers' order for
     trained betas. Warns, as NoiseSchedule does, when x_T keeps more than MAX_SIGNAL_AT_T of the signal."""
@@ -80,7 +80,7 @@ def schedule_betas(config) -> torch.Tensor:
         betas = torch.linspace(beta_start, beta_end, config.timesteps_diff, dtype=torch.float64)
     else:
         betas = cosine_betas(config.timesteps_diff)
-    shift = getattr(config, "schedule_shift", 0.0)
+    shift = config.schedule_shift
     if shift:
         betas = shift_log_snr(betas, shift)
     if config.zero_terminal_snr:
@@ -92,9 +92,19 @@ def schedule_betas(config) -> torch.Tensor:
         warnings.warn(
             f"The beta schedule ({what} over T={config.timesteps_diff}{shifted}) keeps {signal:.3g} of the signal "
             f"variance at t=T (more than {MAX_SIGNAL_AT_T:g}), so x_T is not pure noise and samples drawn from "
-            "N(0, I) start off the training distribution. Leave beta_start/beta_end unset to use the paper's range "
-            f"scaled by 1000/T{', or lower schedule_shift' if shift > 0 else ''}.", stacklevel=3)
+            f"N(0, I) start off the training distribution. {_more_noise_at_T(config)}", stacklevel=3)
     return betas
+
+
+def _more_noise_at_T(config: DiffusionConfig) -> str:
+    """What to change in `config` so that x_T ends in pure noise."""
+    fixes = []
+    if config.beta_start is not None or config.beta_end is not None:
+        fixes.append("leave beta_start/beta_end unset to use the paper's range scaled by 1000/T")
+    if config.schedule_shift > 0:
+        fixes.append(f"lower schedule_shift={config.schedule_shift:g}")
+    fixes.append("use zero_terminal_snr=True (with prediction v)")
+    return "Fix: " + "; or ".join(fixes) + "."
 
 
 class NoiseSchedule:
