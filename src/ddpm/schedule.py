@@ -34,6 +34,20 @@ def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) 
     return torch.tensor([min(1 - f[i + 1] / f[i], max_beta) for i in range(num_timesteps)], dtype=torch.float64)
 
 
+def betas_from_alphas_cumprod(abar: torch.Tensor) -> torch.Tensor:
+    """beta_t = 1 - alphā_t / alphā_{t-1} (alphā_{-1} = 1): the betas of a given alphā, e.g. a rescaled one."""
+    return 1.0 - torch.cat([abar[:1], abar[1:] / abar[:-1]])
+
+
+def _warn_signal_at_T(signal: float, what: str, fix: str, stacklevel: int) -> None:
+    """Warn when x_T keeps more than MAX_SIGNAL_AT_T of the signal variance (`what` names the schedule)."""
+    if signal > MAX_SIGNAL_AT_T:
+        warnings.warn(
+            f"The beta schedule ({what}) keeps {signal:.3g} of the signal variance at t=T (more than "
+            f"{MAX_SIGNAL_AT_T:g}), so x_T is not pure noise and samples drawn from N(0, I) start off the "
+            f"training distribution. {fix}", stacklevel=stacklevel + 1)
+
+
 def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     """Betas whose alphā ends at exactly 0 (Lin et al. 2024, Algorithm 1).
 
@@ -43,8 +57,7 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     root = torch.cumprod(1.0 - betas.to(torch.float64), dim=0).sqrt()
     first, last = root[0].clone(), root[-1].clone()
     root = (root - last) * first / (first - last)
-    abar = root**2
-    return 1.0 - torch.cat([abar[:1], abar[1:] / abar[:-1]])
+    return betas_from_alphas_cumprod(root**2)
 
 
 def shift_log_snr(betas: torch.Tensor, shift: float) -> torch.Tensor:
@@ -54,8 +67,7 @@ def shift_log_snr(betas: torch.Tensor, shift: float) -> torch.Tensor:
     betas are recomputed from alphā'. A final alphā of 0 (zero terminal SNR) stays 0. float64, (T,).
     """
     abar = torch.cumprod(1.0 - betas.to(torch.float64), dim=0)
-    shifted = torch.sigmoid(torch.logit(abar) + shift)  # logit(0) = -inf -> sigmoid = 0
-    return 1.0 - torch.cat([shifted[:1], shifted[1:] / shifted[:-1]])
+    return betas_from_alphas_cumprod(torch.sigmoid(torch.logit(abar) + shift))  # logit(0) = -inf -> sigmoid 0
 
 
 def _split(prediction: str, x_t: torch.Tensor, a: torch.Tensor | float, s: torch.Tensor | float,
@@ -85,14 +97,10 @@ def schedule_betas(config: DiffusionConfig) -> torch.Tensor:
         betas = shift_log_snr(betas, shift)
     if config.zero_terminal_snr:
         return rescale_zero_terminal_snr(betas)
-    signal = float(torch.cumprod(1.0 - betas, dim=0)[-1])
-    if signal > MAX_SIGNAL_AT_T:
-        what = f"{beta_start:g} .. {beta_end:g}" if kind == "linear" else kind
-        shifted = f", log-SNR shift {shift:g}" if shift else ""
-        warnings.warn(
-            f"The beta schedule ({what} over T={config.timesteps_diff}{shifted}) keeps {signal:.3g} of the signal "
-            f"variance at t=T (more than {MAX_SIGNAL_AT_T:g}), so x_T is not pure noise and samples drawn from "
-            f"N(0, I) start off the training distribution. {_more_noise_at_T(config)}", stacklevel=3)
+    what = f"{beta_start:g} .. {beta_end:g}" if kind == "linear" else kind
+    shifted = f", log-SNR shift {shift:g}" if shift else ""
+    _warn_signal_at_T(float(torch.cumprod(1.0 - betas, dim=0)[-1]), f"{what} over T={config.timesteps_diff}{shifted}",
+                      _more_noise_at_T(config), stacklevel=3)
     return betas
 
 
@@ -131,14 +139,9 @@ class NoiseSchedule:
             raise ValueError(f"betas must satisfy 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}.")
         self._set_betas(torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64),
                         torch.arange(num_timesteps), prediction)
-        if warn and self.signal_at_T > MAX_SIGNAL_AT_T:
-            warnings.warn(
-                f"The beta schedule ({beta_start:g} .. {beta_end:g} over T={num_timesteps}) keeps "
-                f"{self.signal_at_T:.3g} of the signal variance at t=T (more than {MAX_SIGNAL_AT_T:g}), so x_T "
-                "is not pure noise and samples drawn from N(0, I) start off the training distribution. "
-                "Leave beta_start/beta_end unset to use the paper's range scaled by 1000/T.",
-                stacklevel=2,
-            )
+        if warn:
+            _warn_signal_at_T(self.signal_at_T, f"{beta_start:g} .. {beta_end:g} over T={num_timesteps}",
+                              "Leave beta_start/beta_end unset to use the paper's range scaled by 1000/T.", stacklevel=2)
 
     @classmethod
     def from_betas(cls, betas: torch.Tensor, prediction: str = "eps") -> NoiseSchedule:
@@ -191,9 +194,8 @@ class NoiseSchedule:
             return self
         idx = torch.tensor(ks, device=self.alphas_cumprod.device)
         abar = self.alphas_cumprod[idx]
-        abar_prev = torch.cat([torch.ones(1, dtype=abar.dtype, device=abar.device), abar[:-1]])
         out = NoiseSchedule.__new__(NoiseSchedule)
-        out._set_betas(1.0 - abar / abar_prev, self.timesteps.to(idx.device)[idx], self.prediction)
+        out._set_betas(betas_from_alphas_cumprod(abar), self.timesteps.to(idx.device)[idx], self.prediction)
         return out
 
     @classmethod
