@@ -18,9 +18,8 @@ from tqdm.auto import tqdm
 from ..config import SPACINGS
 from ..errors import UsageError
 from ..schedule import NoiseSchedule, _gather
-from . import sigmas
 from .noise import BrownianNoise, image_seeds
-from .sigmas import SigmaTable, continuous_timesteps
+from .sigmas import SigmaTable, continuous_timesteps, lowest_spaced_log_snr
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 Model = Callable[..., torch.Tensor]  # f_theta(x_t, t[, y]): eps, v or x0, as schedule.prediction says
@@ -69,7 +68,7 @@ def timestep_list(schedule: NoiseSchedule, num_steps: int, spacing: str = "unifo
 
     spacing "uniform" spreads them evenly in t (DDIM's choice); "logsnr" spreads them evenly in
     log-SNR = log(alphā / (1 - alphā)), which puts more of them near t = 0, where the image
-    changes most per unit of t (DPM-Solver's choice), from no lower than sigmas.MIN_SPACED_LOG_SNR
+    changes most per unit of t (DPM-Solver's choice), from no lower than MIN_SPACED_LOG_SNR
     (the first step is `start` all the same). Both round to the model's own timesteps
     (ints). "karras" (Karras et al. 2022, rho = 7) and "exponential" (log-SNR again, unrounded)
     give fractional timesteps between the model's own (samplers/sigmas.py).
@@ -94,7 +93,7 @@ def timestep_list(schedule: NoiseSchedule, num_steps: int, spacing: str = "unifo
     else:
         abar = schedule.alphas_cumprod[: start + 1].cpu()
         lam = (abar.log() - torch.log1p(-abar)).numpy()  # decreasing in t
-        lowest = max(float(lam[start]), sigmas.MIN_SPACED_LOG_SNR)  # ts[0] is `start` either way (below)
+        lowest = lowest_spaced_log_snr(float(lam[start]))  # ts[0] is `start` either way (below)
         targets = torch.linspace(lowest, float(lam[0]), num_steps, dtype=torch.float64).numpy()
         # Continuous t for each target by interpolating lambda(t) (np.interp wants increasing x).
         import numpy as np

@@ -32,6 +32,11 @@ KARRAS_RHO = 7.0  # Karras et al. 2022, Eq. 5: rho = 7 spends the steps near sig
 MIN_SPACED_LOG_SNR = -10.5
 
 
+def lowest_spaced_log_snr(log_snr_at_start: float) -> float:
+    """The noisiest log-SNR a spacing spreads its steps from, for a walk that starts at this one."""
+    return max(log_snr_at_start, MIN_SPACED_LOG_SNR)
+
+
 class SigmaTable:
     """alphā, sigma and the network's timestep at any fractional timestep of one schedule (float64)."""
 
@@ -100,7 +105,7 @@ def continuous_timesteps(table: SigmaTable, num_steps: int, kind: str, start: in
         return [float(start)]
     if math.isinf(table.log_sigma[start]):  # zero terminal SNR: visit T-1, spread the rest below it
         return [float(start)] + continuous_timesteps(table, num_steps - 1, kind, start - 1)
-    sigma_min, sigma_max = table.sigma(0), min(table.sigma(start), math.exp(-MIN_SPACED_LOG_SNR / 2))
+    sigma_min, sigma_max = table.sigma(0), math.exp(-lowest_spaced_log_snr(-2 * table.log_sigma_at(start)) / 2)
     sigmas = (karras_sigmas if kind == "karras" else exponential_sigmas)(sigma_min, sigma_max, num_steps)
     ts = [table.t_of_sigma(s) for s in sigmas]
     ts[0], ts[-1] = float(start), 0.0
