@@ -190,6 +190,24 @@ def test_benchmark_scripts_import_and_explain_themselves(script, monkeypatch):
     assert exit_.value.code == 0 and "usage:" in out.getvalue(), out.getvalue()
 
 
+def test_demo_preset_is_the_recipe_the_time_to_quality_benchmark_chose(monkeypatch):
+    # The README's demo numbers are the benchmark's runs of DEMO_RECIPE: the preset must train exactly that
+    # (every recipe spells out the 2020 demo in TODAY, so a changed preset cannot change an old recipe either).
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import time_to_quality as ttq
+
+    from ddpm.cli import build_parser
+    from ddpm.cli.args import configs_from_args
+
+    def configs(*flags):
+        return configs_from_args(build_parser().parse_args(["train", "--preset", "demo", *flags]))
+
+    assert configs() == configs(*ttq.TODAY, *ttq.RECIPES[ttq.DEMO_RECIPE])
+    assert configs() != configs(*ttq.TODAY), "TODAY no longer differs from the demo: the 2020 recipe drifted"
+    diffusion_2020, _ = configs(*ttq.TODAY)
+    assert (diffusion_2020.beta_schedule, diffusion_2020.max_steps, diffusion_2020.loss_weighting) == ("linear", 4000, "uniform")
+
+
 def test_compare_draws_averages_draws_then_checkpoints_and_refuses_conflicting_scores(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
     import compare_draws
