@@ -12,13 +12,13 @@ from . import convert, edit, export, noise, sample, stats, train
 from . import eval as eval_cmd
 
 EPILOG = """examples:
-  ddpm train --preset demo                          # built-in digits: 4-10 min on a 2-core AMX CPU, 10-13 on AVX2
+  ddpm train --preset demo                          # built-in digits: 3-8 min on a 2-core bf16 CPU, 5-10 on AVX2
   ddpm train --dataset folder:~/images --preset seed --max-steps 100000
   ddpm sample --run runs/demo --num-images 64 --out grid.png --npz samples.npz
   ddpm sample --run runs/demo --sampler dpmpp-2m --sample-steps 10 --out grid_fast.png
   ddpm edit inpaint --run runs/demo --image digit.png --mask band.png --out filled.png
   ddpm noise --dataset digits --timesteps 0,66,132,200 --out forward.png
-  ddpm train --preset demo --out runs/demo --resume --max-steps 8000   # continue a run (the decaying lr jumps back up)
+  ddpm train --preset demo --out runs/demo --resume --max-steps 6000   # continue a run (the decaying lr jumps back up)
   ddpm export --run runs/demo --out demo.safetensors
   ddpm convert ddpm-cifar10-32 --out cifar10.safetensors  # a diffusers model folder (google/ddpm-*)
   ddpm stats cifar10 --out cifar10_ref.npz                # Inception statistics once, then:
