@@ -1,7 +1,7 @@
 """How far a digits classifier retrained on this machine moves the scores, against the shipped one.
 
     .venv/bin/python benchmarks/digits_classifier.py                       # real held-out digits only
-    .venv/bin/python benchmarks/digits_classifier.py --checkpoints runs/demo/checkpoints/step_00004000.pt
+    .venv/bin/python benchmarks/digits_classifier.py --checkpoints runs/demo/checkpoints/step_00003000.pt
     OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 \\
         .venv/bin/python benchmarks/digits_classifier.py --write            # rewrite the shipped weights
 

@@ -191,21 +191,24 @@ def test_benchmark_scripts_import_and_explain_themselves(script, monkeypatch):
 
 
 def test_demo_preset_is_the_recipe_the_time_to_quality_benchmark_chose(monkeypatch):
-    # The README's demo numbers are the benchmark's runs of DEMO_RECIPE: the preset must train exactly that
-    # (every recipe spells out the 2020 demo in TODAY, so a changed preset cannot change an old recipe either).
+    # The README's demo quality numbers are the benchmark's runs of DEMO_RECIPE: the preset must train exactly
+    # that. And TODAY (the 2020 demo every recipe builds on) must spell out every training field the preset
+    # sets, so that a changed preset cannot change an old recipe: without the preset it gives the same run.
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
     import time_to_quality as ttq
 
     from ddpm.cli import build_parser
     from ddpm.cli.args import configs_from_args
+    from ddpm.config import RESUME_MUTABLE_FIELDS, config_to_dict, resume_mismatches
 
     def configs(*flags):
-        return configs_from_args(build_parser().parse_args(["train", "--preset", "demo", *flags]))
+        return configs_from_args(build_parser().parse_args(["train", *flags]))
 
-    assert configs() == configs(*ttq.TODAY, *ttq.RECIPES[ttq.DEMO_RECIPE])
-    assert configs() != configs(*ttq.TODAY), "TODAY no longer differs from the demo: the 2020 recipe drifted"
-    diffusion_2020, _ = configs(*ttq.TODAY)
-    assert (diffusion_2020.beta_schedule, diffusion_2020.max_steps, diffusion_2020.loss_weighting) == ("linear", 4000, "uniform")
+    assert configs("--preset", "demo") == configs("--preset", "demo", *ttq.TODAY, *ttq.RECIPES[ttq.DEMO_RECIPE])
+    with_preset, without = configs("--preset", "demo", *ttq.TODAY), configs("--dataset", "digits", *ttq.TODAY)
+    assert resume_mismatches(config_to_dict(without[0]), config_to_dict(with_preset[0]), RESUME_MUTABLE_FIELDS) == []
+    assert resume_mismatches(config_to_dict(without[1]), config_to_dict(with_preset[1])) == []
+    assert (without[0].beta_schedule, without[0].max_steps, without[1].base_dim) == ("linear", 4000, 32)
 
 
 def test_compare_draws_averages_draws_then_checkpoints_and_refuses_conflicting_scores(tmp_path, monkeypatch, capsys):
