@@ -175,7 +175,7 @@ RECIPES.update({
                                                           "cosine", "--transformer-layers", ""],
 })
 # The recipe `--preset demo` is (since the fourth session of 2026-12-04; tests/test_cli.py holds them equal).
-DEMO_RECIPE = "narrow-1block-eps-minsnr20-cosine-decay-3k"
+DEMO_RECIPE = "narrow-1block-eps-minsnr20-cosine-noattn-decay-3k"
 
 
 def eval_rows(run: Path) -> list[dict]:

@@ -342,11 +342,12 @@ def config_from_dict(cls: type, values: dict[str, Any]):
 
 # Named starting points. "seed" is the seed's 128x128 model; "demo" is tuned for minutes of 2-core CPU
 # training on the built-in digits (see README: "make demo"). Since 2026-12-04 the demo is the half-width
-# model with one ResNet block a level (0.29M parameters), the cosine schedule, min-SNR weighting with
-# gamma 20 (it spares all but the least noisy steps; gamma 5 bought precision with recall) and the learning
-# rate falling linearly to 0 over 3,000 steps: over eight training runs and six sampling draws it ends where
-# the linear schedule did in 4,000 (docs/time_to_quality.md, recipe narrow-1block-eps-minsnr20-cosine-decay-3k),
-# and that where the 1.68M model with a constant rate over 4,000 steps did, at 3.7x cheaper fp32 steps.
+# model with one ResNet block a level and attention in the bottleneck only (0.28M parameters), the cosine
+# schedule, min-SNR weighting with gamma 20 (it spares all but the least noisy steps; gamma 5 bought
+# precision with recall) and the learning rate falling linearly to 0 over 3,000 steps: over seven training
+# runs and six sampling draws it ends where the linear schedule with 8x8 attention did in 4,000
+# (docs/time_to_quality.md, recipe narrow-1block-eps-minsnr20-cosine-noattn-decay-3k), and that where the
+# 1.68M model with a constant rate over 4,000 steps did, at ~4.4x cheaper fp32 steps.
 PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "seed": (
         dict(dataset_name="FFHQ", learning_rate=1e-3, batch_size=16, use_augmentation=False, timesteps_diff=200),
@@ -356,9 +357,10 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         dict(dataset_name="digits", learning_rate=1e-3, batch_size=64, timesteps_diff=200, max_steps=3000,
              beta_schedule="cosine", warmup_steps=200, lr_decay="linear", loss_weighting="min-snr", snr_gamma=20.0, ema_decay=0.999,
              log_every_steps=100, checkpoint_every_steps=1000, num_sample_images=64),
-        # One ResNet block a level going down (two up), where the seed has 2 and 3: chosen by
+        # One ResNet block a level going down (two up), where the seed has 2 and 3, and attention in the
+        # bottleneck only (the seed's also at 16x16; no 8x8 level attention since 2026-12-04): chosen by
         # benchmarks/time_to_quality.py (docs/time_to_quality.md), the `seed` preset keeps the seed's.
-        dict(lowest_resolution_size=4, dim_multiply=(1, 2, 2), transformer_layers=(1,), base_dim=16,
+        dict(lowest_resolution_size=4, dim_multiply=(1, 2, 2), transformer_layers=(), base_dim=16,
              image_channels=1, dropout=0.0, norm_groups=4, num_res_blocks=1),
     ),
 }
