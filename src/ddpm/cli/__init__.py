@@ -12,7 +12,7 @@ from . import convert, edit, export, noise, sample, stats, train
 from . import eval as eval_cmd
 
 EPILOG = """examples:
-  ddpm train --preset demo                          # built-in digits: 3-8 min on a 2-core bf16 CPU, 5-10 on AVX2
+  ddpm train --preset demo                          # built-in digits: 3-7 min on a 2-core bf16 CPU, 4-8 on AVX2
   ddpm train --dataset folder:~/images --preset seed --max-steps 100000
   ddpm sample --run runs/demo --num-images 64 --out grid.png --npz samples.npz
   ddpm sample --run runs/demo --sampler dpmpp-2m --sample-steps 10 --out grid_fast.png

@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "sets a starting point that explicit flags override; give --preset, --dataset or both. The run folder receives config.json, "
                        "forward.png, metrics.jsonl, checkpoints/, samples/ and loss.png.")
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named configuration: 'demo' (digits, "
-                   "3-10 min on 2 CPU cores) or 'seed' (the seed's 128x128 FFHQ model)")
+                   "3-8 min on 2 CPU cores) or 'seed' (the seed's 128x128 FFHQ model)")
     p.add_argument("--dataset", dest="dataset_name", help="alias of --dataset-name")
     p.add_argument("--out", dest="out_dir", help="alias of --out-dir")
     p.add_argument("--class-conditional", action="store_true",
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if args.preset is None and args.dataset_name is None:
         # The dataclass defaults are the seed's 128x128 U-Net for 800k steps, on the built-in 8x8
         # digits: hours per thousand steps on a CPU for a task that needs a model 40x smaller.
-        raise UsageError("ddpm train needs --preset demo (the built-in digits, 3-10 min on 2 CPU cores), "
+        raise UsageError("ddpm train needs --preset demo (the built-in digits, 3-8 min on 2 CPU cores), "
                          "--preset seed (the seed's 128x128 model, for FFHQ) or --dataset NAME (digits, FFHQ, "
                          "CIFAR10, MNIST or folder:PATH; with --preset or the model flags for its size); "
                          "with neither it would train the seed's 128x128 model on the 8x8 digits for 800k steps.")
