@@ -49,6 +49,8 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "patch 2 1-block at 8x8 and 4x4 + channels_last auto": (PATCH2, {}),
     "patch 2 1-block at 8x8 4x4 2x2 + channels_last auto": (
         dict(PATCH2, dim_multiply=(1, 1, 1), lowest_resolution_size=2), {}),
+    # "Demo model" below is the 0.29M demo with 8x8 attention (the demo until the fourth session of 2026-12-04;
+    # the names stay, docs quote them): "narrow 1-block without 8x8 attention ..." is the demo's shape since.
     # The demo model (narrow, 1 block) in each precision, whatever --precision says: which one `auto`
     # should pick on a CPU with AVX512-BF16 but no AMX (AMD Zen 4), where bf16 is native but has no matrix unit.
     "demo model in fp32 (NHWC as auto)": (ONE_BLOCK, dict(precision="fp32")),

@@ -85,7 +85,7 @@ class ModelConfig:
 
     lowest_resolution_size: int = _f(8, "side of the bottleneck feature map, in pixels (in patches when patch_size > 1)")
     dim_multiply: tuple[int, ...] = _f((1, 2, 2, 4, 8), "channel multiplier of base_dim per level")
-    transformer_layers: tuple[int, ...] = _f((3,), "level indices (0 = the first level, at image_size / patch_size) with self-attention")
+    transformer_layers: tuple[int, ...] = _f((3,), "level indices (0 = the first level, at image_size / patch_size) with self-attention; the bottleneck always has it, so () (--transformer-layers \"\") means the bottleneck's only")
     base_dim: int = _f(64, "channels at level 0; the timestep MLP is 4 * base_dim wide")
     image_channels: int = _f(3, "1 = grayscale, 3 = RGB")
     num_res_blocks: int = _f(2, "ResNet blocks per level going down; going up has one more, each concatenating one skip (the seed's 2 down and 3 up; the count is tied so that every skip is used exactly once).")
