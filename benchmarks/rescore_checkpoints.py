@@ -6,6 +6,8 @@ This draws --samples images from every kept checkpoint (same seed for all, defau
 scores them. The first row is the 899 real held-out digits (all there are: FD-digits is biased up at
 small N, so compare it roughly); each row also gives the spread of 500-subsets of its own images,
 the noise of an in-training evaluation. Rows accumulate in --json across calls (sorted by name).
+With --sampler other than the default, each key gets ":SAMPLER" appended, so that compare_draws.py can
+set one sampler against another on the same checkpoints.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/rescore_checkpoints.py --runs runs/ttq \
         --out docs/time_to_quality_rescored.md --json docs/time_to_quality_rescored.json
@@ -22,6 +24,7 @@ import torch
 from ddpm.generation import load_model, sample_images
 from ddpm.metrics import digits_score, heldout_digits, train_digits_classifier
 from ddpm.run_dir import CHECKPOINT_PATTERN, RunDir
+from ddpm.samplers import DEFAULT_SAMPLER, SAMPLERS
 
 COLUMNS = ("fd_digits", "kd_digits", "precision", "recall")
 
@@ -45,6 +48,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2000, help="images drawn per checkpoint")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--only", help="comma-separated RUN@STEP keys to score (default: every kept checkpoint)")
+    parser.add_argument("--sampler", choices=sorted(SAMPLERS), default=DEFAULT_SAMPLER,
+                        help=f"sampler, at its default calls and spacing (default: {DEFAULT_SAMPLER})")
     parser.add_argument("--out", help="markdown table")
     parser.add_argument("--json", help="rows as JSON (kept and extended across calls)")
     args = parser.parse_args()
@@ -55,20 +60,22 @@ def main() -> None:
     only = args.only.split(",") if args.only else None
     kept = [ckpt for run in sorted(Path(args.runs).iterdir()) if run.is_dir() for ckpt in RunDir(run).checkpoints()]
     for ckpt in kept:
-        key = f"{ckpt.parents[1].name}@{int(CHECKPOINT_PATTERN.match(ckpt.name)[1])}"
-        if only is not None and key not in only:
+        name = f"{ckpt.parents[1].name}@{int(CHECKPOINT_PATTERN.match(ckpt.name)[1])}"
+        if only is not None and name not in only:
             continue
+        key = name if args.sampler == DEFAULT_SAMPLER else f"{name}:{args.sampler}"
         if key in done and done[key]["n"] == args.samples and done[key].get("seed") == args.seed:
             rows[key] = done[key]
             continue
         m = load_model(checkpoint=ckpt)
-        x = sample_images(m.model, m.schedule, args.samples, seed=args.seed, batch_size=250)
+        x = sample_images(m.model, m.schedule, args.samples, seed=args.seed, sampler=args.sampler, batch_size=250)
         rows[key] = score(x, clf, acc) | {"spread500": subset_spread(x, clf, acc), "seed": args.seed}
         print(key, {k: round(v, 3) for k, v in rows[key].items() if k in COLUMNS}, flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps({**done, **rows}, indent=1))
-    if only is not None and set(only) - set(rows):
-        raise SystemExit(f"--only: no kept checkpoint for {sorted(set(only) - set(rows))} under {args.runs}")
+    missing = set(only or ()) - {key.split(":")[0] for key in rows}
+    if missing:
+        raise SystemExit(f"--only: no kept checkpoint for {sorted(missing)} under {args.runs}")
     rows = {"real held-out": rows.pop("real held-out"), **dict(sorted({**done, **rows}.items()))}
     if args.out:
         lines = ["| images | N | FD-digits | KD-digits x1000 | precision | recall | FD-digits of 500-subsets | precision of 500-subsets |",
