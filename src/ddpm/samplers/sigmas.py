@@ -26,9 +26,9 @@ KARRAS_RHO = 7.0  # Karras et al. 2022, Eq. 5: rho = 7 spends the steps near sig
 # T-1 and jumps to the next. The default linear schedules at T >= ~160 end above it (-10.1 at T = 1000,
 # the seed's -10.4 at T = 200: untouched; shorter ones end lower and are floored), but the cosine
 # schedule's (the demo's since 2026-12-04) last beta, clipped at 0.999, drops its log-SNR to -16.6 at
-# T = 200, and spreading evenly down to there put 9 of 20 steps among t = 191..199. diffusers has a similar, opt-in guard for
-# cosine (DPM-Solver's lambda_min_clipped, -5.1 in half log-SNR: it starts at that timestep instead of
-# T-1); EDM's sampler stops at sigma 80.
+# T = 200, and spreading evenly down to there put 9 of 20 steps among t = 191..199. diffusers has a
+# similar, opt-in guard for cosine (DPM-Solver's lambda_min_clipped, -5.1 in half log-SNR: it starts at
+# that timestep instead of T-1); EDM's sampler stops at sigma 80.
 MIN_SPACED_LOG_SNR = -10.5
 
 
